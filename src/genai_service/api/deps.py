@@ -1,0 +1,48 @@
+"""Request dependencies: the service state, API-key auth and engine look-up."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from genai_service.api.errors import model_not_found, not_ready, unauthorized
+from genai_service.engines.base import Engine
+from genai_service.state import ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(request: Request, state: State) -> None:
+    """`Authorization: Bearer <key>` against the configured keys, in constant time.
+
+    Every key is compared (no early exit), so timing tells nothing about which one nearly
+    matched; keys never reach a log line.
+    """
+    keys = state.settings.api_key_values
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    presented = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise unauthorized("Incorrect API key provided.")
+
+
+def resolve_engine(state: ServiceState, model: str | None) -> Engine:
+    if not state.ready:
+        raise not_ready(state.reason)
+    engine = state.find(model)
+    if engine is None:
+        raise model_not_found(model or "")
+    return engine

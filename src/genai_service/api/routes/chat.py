@@ -1,0 +1,93 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from genai_service.api.deps import State, resolve_engine
+from genai_service.api.schemas import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessageOut,
+    new_id,
+    now,
+)
+from genai_service.api.serving import (
+    StreamFormat,
+    admit,
+    generate,
+    sampling_params,
+    sse_response,
+    usage_of,
+)
+from genai_service.engines.base import ChatMessage
+
+router = APIRouter(tags=["openai"])
+
+
+@router.post("/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, state: State
+) -> JSONResponse | EventSourceResponse:
+    engine = resolve_engine(state, body.model)
+    messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
+    prompt = await engine.chat_prompt(messages)
+    params = sampling_params(
+        state,
+        engine,
+        prompt,
+        max_tokens=body.token_limit(),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_sequences(),
+        seed=body.seed,
+    )
+    lease = await admit(state)
+    cid, created, model = new_id("chatcmpl"), now(), engine.info.id
+
+    if body.stream:
+
+        def chunk(delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=cid,
+                created=created,
+                model=model,
+                choices=[ChatChunkChoice(delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
+            )
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        fmt = StreamFormat(
+            first=lambda: chunk(ChatDelta(role="assistant", content="")),
+            delta=lambda text: chunk(ChatDelta(content=text)),
+            final=lambda last: chunk(ChatDelta(), last.finish_reason),
+            usage=(
+                (
+                    lambda last: ChatCompletionChunk(
+                        id=cid, created=created, model=model, choices=[], usage=usage_of(last)
+                    )
+                )
+                if include_usage
+                else None
+            ),
+        )
+        return sse_response(engine, prompt, params, lease, fmt)
+
+    result = await generate(request, engine, prompt, params, lease)
+    response = ChatCompletion(
+        id=cid,
+        created=created,
+        model=model,
+        choices=[
+            ChatChoice(
+                message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+            )
+        ],
+        usage=usage_of(result),
+    )
+    return JSONResponse(response.model_dump())

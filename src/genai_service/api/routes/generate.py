@@ -1,0 +1,60 @@
+"""POST /generate/text: the simple endpoint (prompt in, text and token counts out).
+
+The prompt is sent as one user turn through the model's chat template, so an instruct
+model answers it; `system` adds a system turn.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request
+
+from genai_service.api.deps import State, resolve_engine
+from genai_service.api.errors import APIError
+from genai_service.api.schemas import GenerateTextRequest, GenerateTextResponse
+from genai_service.api.serving import admit, generate, sampling_params, usage_of
+from genai_service.engines.base import ChatMessage
+
+router = APIRouter(tags=["generate"])
+
+
+@router.post("/generate/text", response_model=GenerateTextResponse)
+async def generate_text(
+    request: Request,
+    state: State,
+    body: Annotated[GenerateTextRequest | None, Body()] = None,
+    prompt: Annotated[
+        str | None, Query(min_length=1, description="Prompt, instead of a JSON body")
+    ] = None,
+) -> GenerateTextResponse:
+    if body is None:
+        if prompt is None:
+            raise APIError(
+                400,
+                'Send a prompt: JSON body {"prompt": "..."} or the ?prompt= query parameter.',
+                param="prompt",
+                code="missing_prompt",
+            )
+        body = GenerateTextRequest(prompt=prompt)
+    engine = resolve_engine(state, body.model)
+    messages = [ChatMessage("system", body.system)] if body.system else []
+    messages.append(ChatMessage("user", body.prompt))
+    chat_prompt = await engine.chat_prompt(messages)
+    params = sampling_params(
+        state,
+        engine,
+        chat_prompt,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=None,
+        seed=body.seed,
+    )
+    lease = await admit(state)
+    result = await generate(request, engine, chat_prompt, params, lease)
+    return GenerateTextResponse(
+        text=result.text,
+        model=engine.info.id,
+        finish_reason=result.finish_reason,
+        usage=usage_of(result),
+    )

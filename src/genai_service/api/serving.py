@@ -1,0 +1,187 @@
+"""Serving logic shared by the routes: admission, sampling limits, streaming, cancellation.
+
+Routes stay thin: they validate, pick the engine, and hand over to these helpers, which speak
+only the engine protocol (no engine code lives in `api/`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+from fastapi import Request
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+from genai_service.api.errors import APIError, busy, error_body
+from genai_service.api.schemas import Usage
+from genai_service.engines.base import (
+    Cancellation,
+    Completion,
+    Engine,
+    GenerationChunk,
+    Prompt,
+    SamplingParams,
+    collect,
+)
+from genai_service.limiter import Busy, Lease
+from genai_service.state import ServiceState
+
+log = structlog.get_logger(__name__)
+
+
+def usage_of(result: GenerationChunk | Completion) -> Usage:
+    return Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+
+
+def sampling_params(
+    state: ServiceState,
+    engine: Engine,
+    prompt: Prompt,
+    *,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: tuple[str, ...] = (),
+    seed: int | None = None,
+) -> SamplingParams:
+    """Check the prompt against the context window and fill in server defaults."""
+    settings = state.settings
+    context = engine.info.context_length
+    n_prompt = len(prompt.token_ids)
+    room = context - n_prompt
+    if room < 1:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens, but the prompt has "
+            f"{n_prompt} tokens. Shorten the prompt or the message history.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. You requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the "
+            f"completion). Lower max_tokens to at most {room}.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return SamplingParams(
+        max_tokens=max_tokens if max_tokens is not None else min(settings.default_max_tokens, room),
+        temperature=settings.default_temperature if temperature is None else temperature,
+        top_p=settings.default_top_p if top_p is None else top_p,
+        stop=stop,
+        seed=seed,
+    )
+
+
+async def admit(state: ServiceState) -> Lease:
+    try:
+        return await state.limiter.acquire()
+    except Busy as exc:
+        raise busy(exc.retry_after) from None
+
+
+async def _watch_disconnect(
+    request: Request, cancel: Cancellation, task: asyncio.Task[Any]
+) -> None:
+    # The body is already read, so the next ASGI message is the client hanging up.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.cancel()
+            task.cancel()
+            return
+
+
+async def generate(
+    request: Request, engine: Engine, prompt: Prompt, params: SamplingParams, lease: Lease
+) -> Completion:
+    """Non-streaming generation that stops as soon as the client disconnects."""
+    cancel = Cancellation()
+    async with lease:
+        task = asyncio.ensure_future(collect(engine.stream(prompt, params, cancel)))
+        watcher = asyncio.ensure_future(_watch_disconnect(request, cancel, task))
+        try:
+            return await task
+        finally:
+            watcher.cancel()
+            cancel.cancel()
+
+
+def _event(model: BaseModel | dict[str, Any]) -> dict[str, str]:
+    if isinstance(model, BaseModel):
+        return {"data": model.model_dump_json(exclude_unset=False)}
+    return {"data": json.dumps(model)}
+
+
+class StreamFormat:
+    """How one endpoint turns engine chunks into its OpenAI chunk objects."""
+
+    def __init__(
+        self,
+        first: Callable[[], BaseModel] | None,
+        delta: Callable[[str], BaseModel],
+        final: Callable[[GenerationChunk], BaseModel],
+        usage: Callable[[GenerationChunk], BaseModel] | None,
+    ) -> None:
+        self.first = first
+        self.delta = delta
+        self.final = final
+        self.usage = usage
+
+
+async def _sse_events(
+    engine: Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+    lease: Lease,
+    fmt: StreamFormat,
+) -> AsyncIterator[dict[str, str]]:
+    cancel = Cancellation()
+    last: GenerationChunk | None = None
+    try:
+        if fmt.first is not None:
+            yield _event(fmt.first())
+        async for chunk in engine.stream(prompt, params, cancel):
+            last = chunk
+            if chunk.text:
+                yield _event(fmt.delta(chunk.text))
+        assert last is not None and last.finish_reason is not None
+        yield _event(fmt.final(last))
+        if fmt.usage is not None:
+            yield _event(fmt.usage(last))
+        yield {"data": "[DONE]"}
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("stream_failed")
+        # Headers are gone already: the error travels as an SSE event the SDKs understand.
+        yield {
+            "data": json.dumps(
+                error_body("The server had an error while generating.", "server_error")
+            )
+        }
+    finally:
+        # Client gone or stream over: stop the engine and free the slot at once.
+        cancel.cancel()
+        lease.release()
+
+
+def sse_response(
+    engine: Engine, prompt: Prompt, params: SamplingParams, lease: Lease, fmt: StreamFormat
+) -> EventSourceResponse:
+    return EventSourceResponse(
+        _sse_events(engine, prompt, params, lease, fmt),
+        ping=15,
+        sep="\n",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,122 @@
+"""The application factory: `create_app(settings)`.
+
+The lifespan starts loading the engine in the background and returns at once, so the
+liveness probe answers while the model loads; readiness turns green only after the model has
+produced a warm-up token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from genai_service import __version__
+from genai_service.api.deps import require_api_key
+from genai_service.api.errors import install_error_handlers
+from genai_service.api.routes import chat, completions, generate, health, models
+from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
+from genai_service.limiter import GenerationLimiter
+from genai_service.middleware import RequestContextMiddleware
+from genai_service.settings import Settings
+from genai_service.state import ServiceState
+
+log = structlog.get_logger(__name__)
+
+# Builds (not loads) the engine for the settings; may block on a download, so runs in a thread.
+EngineFactory = Callable[[Settings], Engine]
+
+
+def _default_factory(settings: Settings) -> Engine:
+    from genai_service.engines import create_engine
+
+    return create_engine(settings)
+
+
+async def _warm_up(engine: Engine) -> None:
+    prompt = await engine.text_prompt("Hello")
+    await collect(
+        engine.stream(prompt, SamplingParams(max_tokens=1, temperature=0.0), Cancellation())
+    )
+
+
+async def load_engines(state: ServiceState, factory: EngineFactory) -> None:
+    settings = state.settings
+    try:
+        state.reason = f"loading model '{settings.model}'"
+        engine = await asyncio.to_thread(factory, settings)
+        await engine.load()
+        state.add_engine(engine, settings.model)
+        if settings.warmup:
+            state.reason = "warming up"
+            await _warm_up(engine)
+        state.ready, state.reason = True, "ready"
+        log.info("model_ready", model=engine.info.id, engine=engine.info.engine)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # Stay alive and say why on /health/ready; a restart loop would hide the cause.
+        state.reason = f"model failed to load: {exc}"
+        log.error("model_load_failed", error=str(exc))
+
+
+def create_app(
+    settings: Settings | None = None, engine_factory: EngineFactory | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+    state = ServiceState(
+        settings=settings,
+        limiter=GenerationLimiter(
+            settings.max_concurrent_generations, settings.max_queue, settings.queue_timeout
+        ),
+    )
+    factory = engine_factory or _default_factory
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(load_engines(state, factory))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(BaseException):
+                await loader
+            state.ready, state.reason = False, "shutting down"
+            for engine in state.engines.values():
+                await engine.close()
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="genai-service",
+        version=__version__,
+        description="OpenAI-compatible generative-AI service.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+
+    auth = [Depends(require_api_key)]
+    app.include_router(health.router)
+    for router in (chat.router, completions.router, models.router):
+        app.include_router(router, prefix="/v1", dependencies=auth)
+    app.include_router(generate.router, dependencies=auth)
+
+    if settings.allowed_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

