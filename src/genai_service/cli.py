@@ -123,9 +123,9 @@ def download(
     if hub is None:
         console.print(f"[red]'{spec}' is not an 'owner/repo/file' spec[/]")
         raise typer.Exit(2)
-    target = cache_dir or Settings().model_cache_dir
+    settings = Settings()
     try:
-        path = download_from_hub(hub, target)
+        path = download_from_hub(hub, cache_dir or settings.model_cache_dir, settings.hf_endpoint)
     except ModelNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
@@ -142,7 +142,9 @@ def model_path(
     from genai_service.settings import Settings
 
     try:
-        typer.echo(str(resolve_model(spec, Settings().model_cache_dir).path))
+        settings = Settings()
+        resolved = resolve_model(spec, settings.model_cache_dir, endpoint=settings.hf_endpoint)
+        typer.echo(str(resolved.path))
     except ModelNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None

@@ -73,7 +73,7 @@ def parse_hub_spec(spec: str) -> HubSpec | None:
     )
 
 
-def download_from_hub(hub: HubSpec, cache_dir: Path) -> Path:
+def download_from_hub(hub: HubSpec, cache_dir: Path, endpoint: str | None = None) -> Path:
     """Fetch one file into the cache (resumable; a second call finds it there)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
@@ -85,13 +85,16 @@ def download_from_hub(hub: HubSpec, cache_dir: Path) -> Path:
             filename=hub.filename,
             revision=hub.revision,
             cache_dir=str(cache_dir),
+            endpoint=endpoint,
         )
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise ModelNotFoundError(f"{hub.repo_id}/{hub.filename}: {exc}") from exc
     return Path(path)
 
 
-def resolve_model(spec: str, cache_dir: Path, served_name: str | None = None) -> ResolvedModel:
+def resolve_model(
+    spec: str, cache_dir: Path, served_name: str | None = None, endpoint: str | None = None
+) -> ResolvedModel:
     if spec in EMBEDDED_MODELS:
         return ResolvedModel(embedded_model_path(spec), served_name or EMBEDDED_MODELS[spec][3])
     local = Path(spec).expanduser()
@@ -103,5 +106,5 @@ def resolve_model(spec: str, cache_dir: Path, served_name: str | None = None) ->
             f"model '{spec}' is not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
             "an existing file, or a Hugging Face 'owner/repo/file.gguf' spec"
         )
-    path = download_from_hub(hub, cache_dir)
+    path = download_from_hub(hub, cache_dir, endpoint)
     return ResolvedModel(path, served_name or Path(hub.filename).stem)

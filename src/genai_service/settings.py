@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     model_cache_dir: Path = Field(
         default_factory=_default_cache_dir, description="Where downloaded models are kept."
     )
+    hf_endpoint: str | None = Field(
+        None, description="Hugging Face endpoint or mirror for downloads (HF_ENDPOINT)."
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
     n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
     n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")

@@ -18,7 +18,9 @@ def create_engine(settings: Settings) -> Engine:
 
     if settings.engine not in ENGINES:
         raise ValueError(f"unknown engine '{settings.engine}'; choose one of {', '.join(ENGINES)}")
-    resolved = resolve_model(settings.model, settings.model_cache_dir, settings.served_model_name)
+    resolved = resolve_model(
+        settings.model, settings.model_cache_dir, settings.served_model_name, settings.hf_endpoint
+    )
     from genai_service.engines.llama_cpp import LlamaCppEngine
 
     return LlamaCppEngine(

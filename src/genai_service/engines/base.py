@@ -90,6 +90,7 @@ class Cancellation:
 @runtime_checkable
 class Engine(Protocol):
     info: ModelInfo
+    active: int  # generations in progress (observability, tests, metrics)
 
     async def load(self) -> None:
         """Load weights; called once by the app's lifespan."""

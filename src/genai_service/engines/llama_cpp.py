@@ -59,6 +59,7 @@ class LlamaCppEngine:
         )
         self._llm: Any = None
         self._formatter: Any = None
+        self.active = 0  # generations running on the worker thread right now
         # One thread owns the llama context: calls into it are serialised, never concurrent.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
 
@@ -154,6 +155,7 @@ class LlamaCppEngine:
     ) -> None:
         import llama_cpp
 
+        self.active += 1
         try:
             llm = self._llm
             if llm is None:
@@ -208,6 +210,8 @@ class LlamaCppEngine:
             )
         except BaseException as exc:  # handed to the awaiting coroutine, which re-raises
             emit(exc)
+        finally:
+            self.active -= 1
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
