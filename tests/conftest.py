@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,8 @@ def run_server(
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"n_ctx": 2048, "max_queue": 4, "log_level": "warning"}
+    # Each server gets its own embedded SQLite database, never the user's data directory.
+    values["data_dir"] = tempfile.mkdtemp(prefix="genai-test-data-")
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 

@@ -20,6 +20,7 @@ from genai_service import __version__
 from genai_service.api.deps import require_api_key
 from genai_service.api.errors import install_error_handlers
 from genai_service.api.routes import chat, completions, generate, health, models
+from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
 from genai_service.limiter import GenerationLimiter
 from genai_service.middleware import RequestContextMiddleware
@@ -79,6 +80,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from genai_service.storage import open_storage
+
+        app.state.storage = await open_storage(settings)  # never blocks on a database that is down
         loader = asyncio.create_task(load_engines(state, factory))
         try:
             yield
@@ -89,6 +93,7 @@ def create_app(
             state.ready, state.reason = False, "shutting down"
             for engine in state.engines.values():
                 await engine.close()
+            await app.state.storage.close()  # flushes the usage ledger
 
     docs = settings.docs_enabled
     app = FastAPI(
@@ -104,10 +109,13 @@ def create_app(
     install_error_handlers(app)
 
     auth = [Depends(require_api_key)]
+    guarded = [*auth, Depends(completions_guard)]  # COMPLETIONS_WITHOUT_DATABASE
     app.include_router(health.router)
-    for router in (chat.router, completions.router, models.router):
-        app.include_router(router, prefix="/v1", dependencies=auth)
-    app.include_router(generate.router, dependencies=auth)
+    for router in (chat.router, completions.router):
+        app.include_router(router, prefix="/v1", dependencies=guarded)
+    app.include_router(models.router, prefix="/v1", dependencies=auth)
+    app.include_router(generate.router, dependencies=guarded)
+    include_storage_routes(app, auth)  # conversations and usage
 
     if settings.allowed_cors_origins:
         app.add_middleware(

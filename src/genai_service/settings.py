@@ -114,6 +114,22 @@ class Settings(BaseSettings):
     openai_api_token: SecretStr | None = Field(
         None, description="Key for an upstream OpenAI-compatible provider."
     )
+    # --- persistence (storage/) ---------------------------------------------------------------
+    db_pool_size: int = Field(5, ge=1, description="Connections kept open (Postgres).")
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections under load.")
+    db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    db_pool_recycle: int = Field(1800, ge=-1, description="Reopen connections after N s.")
+    db_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
+    auto_migrate: bool | None = Field(
+        None,
+        description="Apply migrations at start-up. Default: yes for SQLite, no for Postgres "
+        "(run `genai-service db upgrade` there).",
+    )
+    completions_without_database: bool = Field(
+        True,
+        description="Keep plain completions (chat, completions, /generate/text) serving "
+        "while the database is down; their usage records wait in memory.",
+    )
 
     @field_validator("allowed_cors_origins", mode="before")
     @classmethod
@@ -141,3 +157,9 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'genai.db'}"
+
+    @property
+    def migrate_at_startup(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.resolved_database_url.startswith("sqlite")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -37,6 +38,8 @@ def require_api_key(request: Request, state: State) -> None:
         matched |= hmac.compare_digest(presented, key)
     if not matched:
         raise unauthorized("Incorrect API key provided.")
+    # A non-secret name for the key, for the usage ledger: it cannot be turned back into it.
+    request.state.api_key_id = hashlib.sha256(presented).hexdigest()[:8]
 
 
 def resolve_engine(state: ServiceState, model: str | None) -> Engine:

@@ -221,6 +221,7 @@ class GenerateTextResponse(BaseModel):
 
 # --- health ---------------------------------------------------------------------------------
 class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "degraded"]
     reason: str | None = None
     models: dict[str, Any] = Field(default_factory=dict)
+    database: dict[str, Any] | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import Request
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from genai_service.api.errors import APIError, busy, error_body
+from genai_service.api.recording import GenerationRecorder
 from genai_service.api.schemas import Usage
 from genai_service.engines.base import (
     Cancellation,
@@ -102,19 +103,38 @@ async def _watch_disconnect(
             return
 
 
+async def _noting(
+    chunks: AsyncIterator[GenerationChunk], recorder: GenerationRecorder
+) -> AsyncIterator[GenerationChunk]:
+    async for chunk in chunks:
+        recorder.piece(chunk)
+        yield chunk
+
+
 async def generate(
     request: Request, engine: Engine, prompt: Prompt, params: SamplingParams, lease: Lease
 ) -> Completion:
     """Non-streaming generation that stops as soon as the client disconnects."""
     cancel = Cancellation()
+    recorder = GenerationRecorder(request, engine, prompt)  # usage ledger
     async with lease:
-        task = asyncio.ensure_future(collect(engine.stream(prompt, params, cancel)))
+        task = asyncio.ensure_future(
+            collect(_noting(engine.stream(prompt, params, cancel), recorder))
+        )
         watcher = asyncio.ensure_future(_watch_disconnect(request, cancel, task))
         try:
-            return await task
+            result = await task
+        except asyncio.CancelledError:
+            recorder.finish("cancelled")
+            raise
+        except Exception:
+            recorder.finish("error")
+            raise
         finally:
             watcher.cancel()
             cancel.cancel()
+        recorder.finish("ok", result)
+        return result
 
 
 def _event(model: BaseModel | dict[str, Any]) -> dict[str, str]:
@@ -145,17 +165,22 @@ async def _sse_events(
     params: SamplingParams,
     lease: Lease,
     fmt: StreamFormat,
+    recorder: GenerationRecorder | None = None,
 ) -> AsyncIterator[dict[str, str]]:
     cancel = Cancellation()
     last: GenerationChunk | None = None
+    status: Literal["ok", "error", "cancelled"] = "cancelled"  # unless it runs to the end
     try:
         if fmt.first is not None:
             yield _event(fmt.first())
         async for chunk in engine.stream(prompt, params, cancel):
             last = chunk
+            if recorder is not None:
+                recorder.piece(chunk)
             if chunk.text:
                 yield _event(fmt.delta(chunk.text))
         assert last is not None and last.finish_reason is not None
+        status = "ok"
         yield _event(fmt.final(last))
         if fmt.usage is not None:
             yield _event(fmt.usage(last))
@@ -163,6 +188,7 @@ async def _sse_events(
     except asyncio.CancelledError:
         raise
     except Exception:
+        status = "error"
         log.exception("stream_failed")
         # Headers are gone already: the error travels as an SSE event the SDKs understand.
         yield {
@@ -174,13 +200,21 @@ async def _sse_events(
         # Client gone or stream over: stop the engine and free the slot at once.
         cancel.cancel()
         lease.release()
+        if recorder is not None:
+            recorder.finish(status, last)
 
 
 def sse_response(
-    engine: Engine, prompt: Prompt, params: SamplingParams, lease: Lease, fmt: StreamFormat
+    engine: Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+    lease: Lease,
+    fmt: StreamFormat,
+    request: Request | None = None,
 ) -> EventSourceResponse:
+    recorder = GenerationRecorder(request, engine, prompt) if request is not None else None
     return EventSourceResponse(
-        _sse_events(engine, prompt, params, lease, fmt),
+        _sse_events(engine, prompt, params, lease, fmt, recorder),
         ping=15,
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -76,7 +76,7 @@ async def chat_completions(
                 else None
             ),
         )
-        return sse_response(engine, prompt, params, lease, fmt)
+        return sse_response(engine, prompt, params, lease, fmt, request=request)
 
     result = await generate(request, engine, prompt, params, lease)
     response = ChatCompletion(

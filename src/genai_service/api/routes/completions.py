@@ -66,7 +66,7 @@ async def completions(
                 else None
             ),
         )
-        return sse_response(engine, prompt, params, lease, fmt)
+        return sse_response(engine, prompt, params, lease, fmt, request=request)
 
     result = await generate(request, engine, prompt, params, lease)
     response = Completion(

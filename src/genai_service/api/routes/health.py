@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from genai_service.api.deps import State
@@ -17,13 +19,35 @@ async def live() -> Health:
     return Health(status="ok")
 
 
+async def _database(request: Request) -> tuple[bool, dict[str, Any] | None]:
+    """Pings the database (at most once a second); a schema behind the code counts as down."""
+    storage = getattr(request.app.state, "storage", None)
+    if storage is None:
+        return True, None
+    db = storage.db
+    up = await db.check() and db.schema_ready
+    return up, {
+        "status": "ok" if up else "unavailable",
+        "dialect": db.dialect,
+        "reason": None if up else db.reason,
+        "pending_usage_records": storage.ledger.pending,
+    }
+
+
 @router.get("/ready", response_model=Health)
-async def ready(state: State) -> JSONResponse:
+async def ready(state: State, request: Request) -> JSONResponse:
     models = {
         model_id: {"engine": engine.info.engine, "context_length": engine.info.context_length}
         for model_id, engine in state.engines.items()
     }
-    if state.ready:
-        return JSONResponse(Health(status="ok", models=models).model_dump())
-    body = Health(status="unavailable", reason=state.reason, models=models)
+    db_up, database = await _database(request)
+    if state.ready and db_up:
+        return JSONResponse(Health(status="ok", models=models, database=database).model_dump())
+    if state.ready and state.settings.completions_without_database:
+        # Plain completions still serve: stay in the load balancer, but say what is wrong.
+        reason = database["reason"] if database else None
+        body = Health(status="degraded", reason=reason, models=models, database=database)
+        return JSONResponse(body.model_dump())
+    reason = state.reason if not state.ready else (database or {}).get("reason")
+    body = Health(status="unavailable", reason=reason, models=models, database=database)
     return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})

@@ -1,0 +1,97 @@
+"""Persistence: conversations, messages and the usage ledger (SQLAlchemy 2 async + Alembic).
+
+`open_storage(settings)` is all the app's lifespan calls: it builds the engine, migrates
+when it should (always for the embedded SQLite, for Postgres only with AUTO_MIGRATE), and
+starts the ledger writer and the health monitor. Nothing here blocks start-up on a
+database that is down: the service comes up and says so on /health/ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+
+from genai_service.settings import Settings
+from genai_service.storage.database import Database, is_sqlite, make_engine
+from genai_service.storage.ledger import LedgerWriter, UsageRecord
+from genai_service.storage.repository import ConversationLocks
+
+__all__ = ["Database", "Storage", "UsageRecord", "open_storage"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Storage:
+    db: Database
+    ledger: LedgerWriter
+    locks: ConversationLocks = field(default_factory=ConversationLocks)
+    _startup: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self._startup is not None:
+            self._startup.cancel()
+            with contextlib.suppress(BaseException):
+                await self._startup
+        await self.ledger.close()
+        await self.db.close()
+
+
+async def _prepare_once(db: Database, migrate: bool) -> bool:
+    from genai_service.storage import migrate as migrations
+
+    try:
+        if migrate:
+            await migrations.upgrade_async(db.url)
+            log.info("database_migrated", dialect=db.dialect)
+        current = await migrations.current_revision(db.engine)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        db.mark_down(exc)
+        log.warning("database_not_ready", error=str(exc).splitlines()[0][:200])
+        return False
+    head = migrations.head_revision()
+    db.schema_ready = current == head
+    if db.schema_ready:
+        db.mark_up()
+    else:
+        db.reason = (
+            f"database schema is at {current or 'empty'}, expected {head}: "
+            "run `genai-service db upgrade` (or set AUTO_MIGRATE=true)"
+        )
+        log.error("database_schema_outdated", current=current, head=head)
+    return True
+
+
+async def _prepare(db: Database, migrate: bool) -> None:
+    # Retry until the database answers: a Postgres container may start after the service.
+    delay = 0.5
+    while not await _prepare_once(db, migrate):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def open_storage(settings: Settings) -> Storage:
+    url = settings.resolved_database_url
+    engine = make_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_recycle=settings.db_pool_recycle,
+        connect_timeout=settings.db_connect_timeout,
+    )
+    db = Database(url, engine)
+    storage = Storage(db=db, ledger=LedgerWriter(db))
+    migrate = settings.migrate_at_startup
+    # A local SQLite file migrates in milliseconds: do it before serving. Otherwise (or if
+    # that failed) keep trying in the background; routes answer 503 until it worked.
+    if not (is_sqlite(url) and await _prepare_once(db, migrate)):
+        storage._startup = asyncio.create_task(_prepare(db, migrate))
+    storage.ledger.start()
+    db.start_monitor()
+    return storage

@@ -1,0 +1,214 @@
+"""The repository layer: everything the API asks of the database, one function per question."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, update
+
+from genai_service.storage.database import Database
+from genai_service.storage.models import CompletionRecord, Conversation, Message, utcnow
+
+
+class ConversationNotFound(LookupError):
+    pass
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def new_conversation_id() -> str:
+    return f"conv_{uuid.uuid4().hex}"
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+class ConversationLocks:
+    """One asyncio lock per conversation id, alive only while someone holds or awaits it.
+
+    Appends to one conversation run one at a time in this process, so each reply sees the
+    turns before it; across processes the row lock taken by `append_messages` keeps the
+    order consistent.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def get(self, conversation_id: str) -> asyncio.Lock:
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[conversation_id] = lock
+        return lock
+
+
+async def create_conversation(
+    db: Database,
+    *,
+    system_prompt: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> Conversation:
+    conversation = Conversation(
+        id=new_conversation_id(),
+        system_prompt=system_prompt,
+        metadata_=metadata or {},
+        model=model,
+        message_count=0,
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+    async with db.session() as session, session.begin():
+        session.add(conversation)
+    return conversation
+
+
+async def get_conversation(db: Database, conversation_id: str) -> Conversation | None:
+    async with db.session() as session:
+        return await session.get(Conversation, conversation_id)
+
+
+async def delete_conversation(db: Database, conversation_id: str) -> bool:
+    async with db.session() as session, session.begin():
+        # Messages first: SQLite only cascades with foreign_keys on, so do not rely on it.
+        await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+        result = await session.execute(
+            delete(Conversation).where(Conversation.id == conversation_id)
+        )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def history(db: Database, conversation_id: str, limit: int = 2000) -> list[Message]:
+    """The newest `limit` messages, oldest first."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.seq.desc())
+            .limit(limit)
+        )
+        return list(reversed(rows.all()))
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    role: str
+    content: str
+    tokens: int | None = None
+
+
+async def append_messages(
+    db: Database, conversation_id: str, messages: Sequence[NewMessage]
+) -> list[Message]:
+    """Append messages in one transaction: all of them, in order, or none.
+
+    The UPDATE comes first: it takes the conversation's row lock (Postgres) or the write
+    lock (SQLite) before anything is read, and hands out the sequence numbers.
+    """
+    n = len(messages)
+    async with db.session() as session, session.begin():
+        result = await session.execute(
+            update(Conversation.__table__)
+            .where(Conversation.__table__.c.id == conversation_id)
+            .values(message_count=Conversation.__table__.c.message_count + n, updated_at=utcnow())
+            .returning(Conversation.__table__.c.message_count)
+        )
+        row = result.first()
+        if row is None:
+            raise ConversationNotFound(conversation_id)
+        first_seq = row[0] - n
+        created = utcnow()
+        rows = [
+            Message(
+                id=new_message_id(),
+                conversation_id=conversation_id,
+                seq=first_seq + i,
+                role=m.role,
+                content=m.content,
+                tokens=m.tokens,
+                created_at=created,
+            )
+            for i, m in enumerate(messages)
+        ]
+        session.add_all(rows)
+    return rows
+
+
+async def list_messages(
+    db: Database,
+    conversation_id: str,
+    *,
+    limit: int = 20,
+    after: str | None = None,
+    order: str = "asc",
+) -> tuple[list[Message], bool]:
+    """A page of messages and whether more follow; `after` is the last id of the page before."""
+    ascending = order == "asc"
+    async with db.session() as session:
+        query = select(Message).where(Message.conversation_id == conversation_id)
+        if after is not None:
+            seq = await session.scalar(
+                select(Message.seq).where(
+                    Message.conversation_id == conversation_id, Message.id == after
+                )
+            )
+            if seq is None:
+                raise InvalidCursor(after)
+            query = query.where(Message.seq > seq if ascending else Message.seq < seq)
+        query = query.order_by(Message.seq.asc() if ascending else Message.seq.desc())
+        rows = (await session.scalars(query.limit(limit + 1))).all()
+    return list(rows[:limit]), len(rows) > limit
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: str
+    model: str
+    api_key_id: str | None
+    requests: int
+    ok: int
+    errors: int
+    cancelled: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def usage_summary(db: Database, start: datetime, end: datetime) -> list[UsageRow]:
+    """Requests and tokens per day, model and API key in [start, end) (naive UTC)."""
+    r = CompletionRecord
+    day = func.date(r.created_at)
+
+    def count_status(status: str) -> Any:
+        return func.sum(case((r.status == status, 1), else_=0))
+
+    query = (
+        select(
+            day,
+            r.model,
+            r.api_key_id,
+            func.count(),
+            count_status("ok"),
+            count_status("error"),
+            count_status("cancelled"),
+            func.sum(r.prompt_tokens),
+            func.sum(r.completion_tokens),
+        )
+        .where(r.created_at >= start, r.created_at < end)
+        .group_by(day, r.model, r.api_key_id)
+    )
+    async with db.session() as session:
+        result = await session.execute(query)
+        rows = [
+            UsageRow(str(d), m, k, int(n), int(ok), int(err), int(cc), int(p or 0), int(c or 0))
+            for d, m, k, n, ok, err, cc, p, c in result.all()
+        ]
+    return sorted(rows, key=lambda u: (u.day, u.model, u.api_key_id or ""))
