@@ -28,6 +28,9 @@ from genai_service.state import ServiceState
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 
+# Postgres fixtures (throwaway initdb cluster or TEST_DATABASE_URL) for the storage tests.
+pytest_plugins = ["tests.postgres"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

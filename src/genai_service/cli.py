@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from genai_service import __version__
+from genai_service.db_cli import db_app
 
 app = typer.Typer(
     name="genai-service",
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Find and fetch model files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 
 

@@ -39,6 +39,10 @@ async def upgrade_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, url, revision)
 
 
+async def downgrade_async(url: str, revision: str) -> None:
+    await asyncio.to_thread(downgrade, url, revision)
+
+
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
