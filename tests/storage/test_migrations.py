@@ -41,7 +41,7 @@ async def test_upgrade_from_empty_then_downgrade(empty_url: str) -> None:
     assert not (await _tables(empty_url)) & TABLES
 
     await migrate.upgrade_async(empty_url)
-    assert TABLES <= await _tables(empty_url)
+    assert await _tables(empty_url) >= TABLES
     engine = make_engine(empty_url)
     assert await migrate.current_revision(engine) == migrate.head_revision()
     await engine.dispose()
@@ -52,7 +52,7 @@ async def test_upgrade_from_empty_then_downgrade(empty_url: str) -> None:
     assert not (await _tables(empty_url)) & TABLES
 
     await migrate.upgrade_async(empty_url)  # and back up again
-    assert TABLES <= await _tables(empty_url)
+    assert await _tables(empty_url) >= TABLES
 
 
 def test_cli_db_upgrade(tmp_path: Path) -> None:
