@@ -84,3 +84,15 @@ def pg_databases(pg_cluster: PgCluster | None) -> Callable[[], str]:
         return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
     return make
+
+
+KEY_A, KEY_B = "sk-test-key-a", "sk-test-key-b"
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_databases: Callable[[], str]) -> Iterator[Any]:
+    """The service on Postgres (migrated at start-up), with two API keys."""
+    from tests.conftest import run_server
+
+    with run_server(database_url=pg_databases(), auto_migrate=True, api_keys=[KEY_A, KEY_B]) as s:
+        yield s
