@@ -141,6 +141,29 @@ class Settings(BaseSettings):
     def _keys(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: Any) -> Any:
+        # Accept the usual sync spellings (Compose, Heroku-style `postgres://`) and use the
+        # async drivers the service runs on.
+        if not isinstance(value, str) or not value.strip():
+            return None if isinstance(value, str) else value
+        url = value.strip()
+        for prefix, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgresql+psycopg2://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(prefix):
+                url = driver + url[len(prefix) :]
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(
+                "DATABASE_URL must be postgresql+asyncpg://user:password@host/db "
+                "or sqlite+aiosqlite:///path/to/file.db"
+            )
+        return url
+
     @field_validator("build_env", mode="before")
     @classmethod
     def _build_env(cls, value: Any) -> Any:

@@ -181,3 +181,63 @@ def test_key_id_is_not_the_key() -> None:
     assert key_id(KEY_A) != key_id(KEY_B)
     assert KEY_A not in key_id(KEY_A) and len(key_id(KEY_A)) == 8
     assert isinstance(httpx.__version__, str)
+
+
+class BreakingEngine:
+    """The real engine, except that it fails after its first piece when the prompt says
+    BREAK: engine failures are rare, so this stands in for one (the real path is above)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def stream(self, prompt: Any, params: Any, cancel: Any = None) -> Any:
+        async def pieces() -> Any:
+            async for chunk in self._inner.stream(prompt, params, cancel):
+                yield chunk
+                if "BREAK" in prompt.text:
+                    raise RuntimeError("the engine broke")
+
+        return pieces()
+
+
+def test_failed_generations_are_recorded_as_errors() -> None:
+    from genai_service.engines import create_engine
+    from tests.conftest import run_server
+
+    with run_server(engine_factory=lambda s: BreakingEngine(create_engine(s))) as server:
+        ids = [_rid(), _rid(), _rid()]
+        with server.http(headers={"Connection": "close"}) as http:
+            plain = http.post(
+                "/generate/text",
+                headers={"X-Request-ID": ids[0]},
+                json={"prompt": "BREAK please", "max_tokens": 8},
+            )
+            assert plain.status_code == 500 and "error" in plain.json()
+            with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers={"X-Request-ID": ids[1]},
+                json={
+                    "model": MODEL_ID,
+                    "messages": [{"role": "user", "content": "BREAK now"}],
+                    "max_tokens": 8,
+                    "stream": True,
+                },
+            ) as r:
+                assert any('"server_error"' in line for line in r.iter_lines())
+            conv = http.post("/v1/conversations", json={}).json()
+            turn = http.post(
+                f"/v1/conversations/{conv['id']}/messages",
+                headers={"X-Request-ID": ids[2]},
+                json={"content": "BREAK it", "max_tokens": 8},
+            )
+            assert turn.status_code == 500
+        # A failed reply stores neither turn (new connection: a 500 closes the old one).
+        with server.http() as http:
+            assert http.get(f"/v1/conversations/{conv['id']}").json()["message_count"] == 0
+        records = wait_for_records(server, ids)
+        assert [records[i].status for i in ids] == ["error"] * 3
+        assert records[ids[2]].endpoint == "/v1/conversations/{conversation_id}/messages"

@@ -20,6 +20,15 @@ log = structlog.get_logger(__name__)
 Status = Literal["ok", "error", "cancelled"]
 
 
+def _endpoint(request: Request) -> str:
+    # The route's shape (`/v1/conversations/{conversation_id}/messages`), not one path.
+    path = request.url.path
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and value:
+            path = path.replace(value, "{" + name + "}")
+    return path[:64]
+
+
 class GenerationRecorder:
     def __init__(self, request: Request | None, engine: Engine, prompt: Prompt) -> None:
         self.request = request
@@ -60,7 +69,7 @@ class GenerationRecorder:
         storage.ledger.submit(
             UsageRecord(
                 request_id=str(getattr(state, "request_id", "") or ""),
-                endpoint=request.url.path[:64],
+                endpoint=_endpoint(request),
                 model=self.engine.info.id,
                 engine=self.engine.info.engine,
                 prompt_tokens=result.prompt_tokens if final and result else self.prompt_tokens,
