@@ -112,6 +112,14 @@ async def generate(
         watcher = asyncio.ensure_future(_watch_disconnect(request, cancel, task))
         try:
             return await task
+        except (APIError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Answered here (not by the last-resort handler) so the connection stays usable.
+            log.exception("generation_failed")
+            raise APIError(
+                500, "The server had an error while generating.", code="engine_error"
+            ) from None
         finally:
             watcher.cancel()
             cancel.cancel()
