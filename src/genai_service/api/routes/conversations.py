@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from genai_service.api.deps import State, resolve_engine
 from genai_service.api.errors import APIError, error_body, model_not_found
@@ -257,10 +258,11 @@ async def post_message(
         lease = await admit(state)
         if body.stream:
             handed_over = True  # the stream releases the lock when it ends
+            unlock = _Once(lock.release)
             events = _stream_turn(
                 request,
                 storage,
-                lock,
+                unlock,
                 engine,
                 prompt,
                 params,
@@ -272,6 +274,8 @@ async def post_message(
             return EventSourceResponse(
                 events,
                 ping=15,
+                # Also done by the generator; this covers a stream that never got to start.
+                background=BackgroundTask(lambda: (lease.release(), unlock())),
                 sep="\n",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -291,10 +295,22 @@ async def post_message(
             lock.release()
 
 
+class _Once:
+    """Calls `action` the first time only (an asyncio.Lock must not be released twice)."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action: Callable[[], None] | None = action
+
+    def __call__(self) -> None:
+        action, self._action = self._action, None
+        if action is not None:
+            action()
+
+
 async def _stream_turn(
     request: Request,
     storage: Storage,
-    lock: asyncio.Lock,
+    unlock: _Once,
     engine: Engine,
     prompt: Prompt,
     params: Any,
@@ -347,4 +363,4 @@ async def _stream_turn(
             )
         }
     finally:
-        lock.release()
+        unlock()
