@@ -94,5 +94,7 @@ def pg_server(pg_databases: Callable[[], str]) -> Iterator[Any]:
     """The service on Postgres (migrated at start-up), with two API keys."""
     from tests.conftest import run_server
 
-    with run_server(database_url=pg_databases(), auto_migrate=True, api_keys=[KEY_A, KEY_B]) as s:
+    with run_server(
+        database_url=pg_databases(), auto_migrate=True, api_keys=[KEY_A, KEY_B], n_threads=1
+    ) as s:
         yield s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 
 from genai_service.api.routes.conversations import fit_history
 from genai_service.storage.models import Message
-from tests.conftest import MODEL_ID, RunningServer
+from tests.conftest import MODEL_ID, RunningServer, run_server
 from tests.postgres import KEY_A, run_async
 
 
@@ -203,12 +204,25 @@ async def _post_concurrently(server: RunningServer, headers: dict[str, str], n: 
         assert reply["index"] == user["index"] + 1  # each reply right after its question
         assert by_id[user["id"]]["content"] == user["content"]
         assert by_id[reply["id"]]["content"] == reply["content"]
-    # Every post saw all turns stored before it: prompts grow with the position.
+    # Every post saw the turns stored before it: prompts grow with the position until the
+    # context window is full, then the oldest turns are dropped (more and more of them).
     ordered = sorted(turns, key=lambda t: t["messages"][0]["index"])
-    sizes = [t["usage"]["prompt_tokens"] for t in ordered]
-    assert all(a < b for a, b in itertools.pairwise(sizes))
+    dropped = [t["dropped_messages"] for t in ordered]
+    assert dropped == sorted(dropped) and dropped[0] == 0 and dropped[-1] > 0
+    growing = [t["usage"]["prompt_tokens"] for t in ordered if t["dropped_messages"] == 0]
+    assert len(growing) > 3 and all(a < b for a, b in itertools.pairwise(growing))
+    context = server.state.settings.n_ctx
+    assert all(t["usage"]["prompt_tokens"] < context for t in ordered)
 
 
-def test_fifty_concurrent_posts_keep_order(api: tuple[RunningServer, dict[str, str]]) -> None:
-    server, headers = api
-    run_async(_post_concurrently(server, headers, 50))
+@pytest.fixture(params=["sqlite", "postgres"])
+def small_context_server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """A server with a 256-token window: long histories must be cut to fit (and stay cheap:
+    every prompt is evaluated afresh)."""
+    url = request.getfixturevalue("pg_databases")() if request.param == "postgres" else None
+    with run_server(n_ctx=256, database_url=url, auto_migrate=True, n_threads=1) as running:
+        yield running
+
+
+def test_fifty_concurrent_posts_keep_order(small_context_server: RunningServer) -> None:
+    run_async(_post_concurrently(small_context_server, {}, 50))

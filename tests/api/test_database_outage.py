@@ -43,7 +43,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
 def test_database_outage_and_recovery(cluster: PgCluster) -> None:
     url = cluster.create_database(f"outage_{int(time.time() * 1000)}")
     with (
-        run_server(database_url=url, auto_migrate=True, api_keys=[KEY_A]) as server,
+        run_server(database_url=url, auto_migrate=True, api_keys=[KEY_A], n_threads=1) as server,
         server.http(headers=AUTH) as http,
     ):
         conv = http.post("/v1/conversations", json={"system_prompt": "Be brief."}).json()

@@ -207,7 +207,9 @@ def test_failed_generations_are_recorded_as_errors() -> None:
     from genai_service.engines import create_engine
     from tests.conftest import run_server
 
-    with run_server(engine_factory=lambda s: BreakingEngine(create_engine(s))) as server:
+    with run_server(
+        engine_factory=lambda s: BreakingEngine(create_engine(s)), n_threads=1
+    ) as server:
         ids = [_rid(), _rid(), _rid()]
         with server.http(headers={"Connection": "close"}) as http:
             plain = http.post(
