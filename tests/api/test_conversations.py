@@ -217,10 +217,10 @@ async def _post_concurrently(server: RunningServer, headers: dict[str, str], n: 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def small_context_server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    """A server with a 256-token window: long histories must be cut to fit (and stay cheap:
+    """A server with a 128-token window: long histories must be cut to fit (and stay cheap:
     every prompt is evaluated afresh)."""
     url = request.getfixturevalue("pg_databases")() if request.param == "postgres" else None
-    with run_server(n_ctx=256, database_url=url, auto_migrate=True, n_threads=1) as running:
+    with run_server(n_ctx=128, database_url=url, auto_migrate=True, n_threads=1) as running:
         yield running
 
 
