@@ -105,3 +105,24 @@ def test_database_outage_and_recovery(cluster: PgCluster) -> None:
         assert during in wait_for_records(server, [during])
         messages = http.get(f"/v1/conversations/{conv['id']}/messages").json()["data"]
         assert [m["role"] for m in messages] == ["user", "assistant"] * 2
+
+
+def test_postgres_waits_for_db_upgrade(pg_databases: Callable[[], str]) -> None:
+    # Postgres is not migrated at start-up unless asked: the service says what to run,
+    # and picks the new schema up by itself once `genai-service db upgrade` ran.
+    from typer.testing import CliRunner
+
+    from genai_service.cli import app as cli
+
+    url = pg_databases()
+    with run_server(database_url=url, n_threads=1) as server, server.http() as http:
+        ready = http.get("/health/ready").json()
+        assert ready["status"] == "degraded"
+        assert "genai-service db upgrade" in ready["database"]["reason"]
+        refused = http.post("/v1/conversations", json={})
+        assert refused.status_code == 503
+        assert "genai-service db upgrade" in refused.json()["error"]["message"]
+
+        assert CliRunner().invoke(cli, ["db", "upgrade", "--database-url", url]).exit_code == 0
+        wait_until(lambda: http.get("/health/ready").json()["status"] == "ok")
+        assert http.post("/v1/conversations", json={}).status_code == 200

@@ -17,7 +17,7 @@ from genai_service.storage.database import is_unavailable
 def database_unavailable(reason: str = "the database is unavailable") -> APIError:
     return APIError(
         503,
-        f"The service cannot reach its database ({reason}); retry in a few seconds.",
+        f"The database is unavailable ({reason}); retry in a few seconds.",
         code="database_unavailable",
         headers={"Retry-After": "5"},
     )
@@ -35,7 +35,7 @@ def get_storage(request: Request) -> Storage:
     if storage is None:
         raise database_unavailable("storage is not configured")
     if not storage.db.schema_ready:
-        raise database_unavailable(storage.db.reason)
+        raise database_unavailable(storage.db.schema_reason or "the schema is not ready yet")
     return storage
 
 

@@ -56,23 +56,24 @@ async def _prepare_once(db: Database, migrate: bool) -> bool:
         return False
     head = migrations.head_revision()
     db.schema_ready = current == head
-    if db.schema_ready:
-        db.mark_up()
-    else:
-        db.reason = (
+    db.mark_up()
+    if not db.schema_ready:
+        if not db.schema_reason:  # say it once, not every poll
+            log.error("database_schema_outdated", current=current, head=head)
+        db.schema_reason = (
             f"database schema is at {current or 'empty'}, expected {head}: "
             "run `genai-service db upgrade` (or set AUTO_MIGRATE=true)"
         )
-        log.error("database_schema_outdated", current=current, head=head)
     return True
 
 
 async def _prepare(db: Database, migrate: bool) -> None:
-    # Retry until the database answers: a Postgres container may start after the service.
+    # Retry until the database answers (a Postgres container may start after the service)
+    # and its schema is current (an operator may run `genai-service db upgrade` meanwhile).
     delay = 0.5
-    while not await _prepare_once(db, migrate):
+    while not (await _prepare_once(db, migrate) and db.schema_ready):
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+        delay = min(delay * 2, 5.0)
 
 
 async def open_storage(settings: Settings) -> Storage:
@@ -90,7 +91,7 @@ async def open_storage(settings: Settings) -> Storage:
     migrate = settings.migrate_at_startup
     # A local SQLite file migrates in milliseconds: do it before serving. Otherwise (or if
     # that failed) keep trying in the background; routes answer 503 until it worked.
-    if not (is_sqlite(url) and await _prepare_once(db, migrate)):
+    if not (is_sqlite(url) and await _prepare_once(db, migrate) and db.schema_ready):
         storage._startup = asyncio.create_task(_prepare(db, migrate))
     storage.ledger.start()
     db.start_monitor()

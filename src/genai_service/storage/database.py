@@ -100,6 +100,7 @@ class Database:
         self.healthy = False
         self.reason = "not checked yet"
         self.schema_ready = False
+        self.schema_reason = ""  # why the schema is not usable, while it is not
         self._checked_at = 0.0
         self._monitor: asyncio.Task[None] | None = None
 

@@ -29,7 +29,7 @@ async def _database(request: Request) -> tuple[bool, dict[str, Any] | None]:
     return up, {
         "status": "ok" if up else "unavailable",
         "dialect": db.dialect,
-        "reason": None if up else db.reason,
+        "reason": None if up else (db.schema_reason if db.healthy else db.reason),
         "pending_usage_records": storage.ledger.pending,
     }
 
