@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from genai_service import __version__
 from genai_service.api.deps import require_api_key
 from genai_service.api.errors import install_error_handlers
-from genai_service.api.routes import chat, completions, generate, health, models
+from genai_service.api.routes import chat, completions, generate, health, metrics, models
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
 from genai_service.limiter import GenerationLimiter
 from genai_service.middleware import RequestContextMiddleware
@@ -72,7 +72,7 @@ def create_app(
     state = ServiceState(
         settings=settings,
         limiter=GenerationLimiter(
-            settings.max_concurrent_generations, settings.max_queue, settings.queue_timeout
+            settings.generation_slots, settings.max_queue, settings.queue_timeout
         ),
     )
     factory = engine_factory or _default_factory
@@ -105,6 +105,7 @@ def create_app(
 
     auth = [Depends(require_api_key)]
     app.include_router(health.router)
+    app.include_router(metrics.router)  # scraped by Prometheus: no API key, not under /v1
     for router in (chat.router, completions.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     app.include_router(generate.router, dependencies=auth)

@@ -73,10 +73,28 @@ class Settings(BaseSettings):
         None, description="Hugging Face endpoint or mirror for downloads (HF_ENDPOINT)."
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
-    n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
-    n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
-    max_concurrent_generations: int = Field(
-        1, ge=1, description="Generations running at once; more wait in the queue."
+    n_ctx: int = Field(
+        4096,
+        ge=64,
+        description="Context window of one request (per slot); the KV cache holds "
+        "N_PARALLEL (+1 with the prefix cache) times it.",
+    )
+    n_batch: int = Field(512, ge=1, description="Tokens decoded per batch step (at most).")
+    # --- continuous batching ---
+    n_parallel: int = Field(4, ge=1, description="Slots: sequences decoded together in one batch.")
+    prefill_chunk: int = Field(
+        256, ge=1, description="Prompt tokens prefilled per step while other requests decode."
+    )
+    prefix_cache: bool = Field(
+        True, description="Reuse the KV of a shared prompt prefix (e.g. a system prompt)."
+    )
+    batch_invariant: bool = Field(
+        True,
+        description="Keep each request's output independent of what it is batched with "
+        "(steps of at most 63 tokens); off allows bigger prompt steps.",
+    )
+    max_concurrent_generations: int | None = Field(
+        None, ge=1, description="Generations running at once (default: N_PARALLEL)."
     )
     max_queue: int = Field(
         16, ge=0, description="Requests waiting for a generation slot; past it, 429."
@@ -129,6 +147,10 @@ class Settings(BaseSettings):
     @classmethod
     def _build_env(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def generation_slots(self) -> int:
+        return self.max_concurrent_generations or self.n_parallel
 
     @property
     def docs_enabled(self) -> bool:

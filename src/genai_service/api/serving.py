@@ -16,6 +16,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
+from genai_service import metrics
 from genai_service.api.errors import APIError, busy, error_body
 from genai_service.api.schemas import Usage
 from genai_service.engines.base import (
@@ -87,6 +88,7 @@ async def admit(state: ServiceState) -> Lease:
     try:
         return await state.limiter.acquire()
     except Busy as exc:
+        metrics.REJECTED.inc()
         raise busy(exc.retry_after) from None
 
 

@@ -29,4 +29,8 @@ def create_engine(settings: Settings) -> Engine:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
+        n_parallel=settings.n_parallel,
+        prefill_chunk=settings.prefill_chunk,
+        prefix_cache=settings.prefix_cache,
+        batch_invariant=settings.batch_invariant,
     )
