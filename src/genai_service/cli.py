@@ -57,11 +57,14 @@ def serve(
         int | None, typer.Option(min=1, help="CPU threads [env N_THREADS; all cores].")
     ] = None,
     ctx_size: Annotated[
-        int | None, typer.Option(min=64, help="Context window in tokens [env N_CTX; 4096].")
+        int | None,
+        typer.Option(min=64, help="Context window per request (slot) [env N_CTX; 4096]."),
     ] = None,
     max_concurrent: Annotated[
         int | None,
-        typer.Option(min=1, help="Generations at once [env MAX_CONCURRENT_GENERATIONS; 1]."),
+        typer.Option(
+            min=1, help="Generations at once [env MAX_CONCURRENT_GENERATIONS; N_PARALLEL]."
+        ),
     ] = None,
     max_queue: Annotated[
         int | None,

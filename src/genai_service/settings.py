@@ -89,9 +89,10 @@ class Settings(BaseSettings):
         True, description="Reuse the KV of a shared prompt prefix (e.g. a system prompt)."
     )
     batch_invariant: bool = Field(
-        True,
-        description="Keep each request's output independent of what it is batched with "
-        "(steps of at most 63 tokens); off allows bigger prompt steps.",
+        False,
+        description="Make each request's greedy output independent of what it is batched "
+        "with (prompt steps under 63 tokens, two output rows per step); costs single-stream "
+        "speed.",
     )
     max_concurrent_generations: int | None = Field(
         None, ge=1, description="Generations running at once (default: N_PARALLEL)."

@@ -13,11 +13,12 @@ bandwidth, so one step over many sequences costs little more than a step over on
   request sharing its first tokens (a common system prompt) copies the store's region and
   drops the tail instead of recomputing the prefix.
 - Each request has its own sampler chain (seeded, greedy at temperature 0).
-- Batch invariance (on by default): llama.cpp's CPU kernels pick code paths by batch shape (a
-  single output row takes the vec-dot path, 64+ query rows tiled attention), and the paths
-  round differently. Prompt chunks stay under 63 tokens and no step has a single output row (a
-  throw-away token of a scratch sequence, or the second-to-last prompt token, makes two), so
-  a request's greedy output is the same batched or alone.
+- Batch invariance (optional): llama.cpp's CPU kernels pick code paths by batch shape (a single
+  output row takes the vec-dot path, 64+ query rows tiled attention), and the paths round
+  differently. With `batch_invariant`, prompt chunks stay under 63 tokens and no step has a
+  single output row (a throw-away token of an idle sequence, or the second-to-last prompt token,
+  makes two), so a request's greedy output is the same batched or alone. The extra row costs a
+  lone stream up to half its speed on a CPU, hence off by default.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class BatchScheduler:
         n_batch: int,
         prefill_chunk: int,
         prefix_cache: bool,
-        batch_invariant: bool = True,
+        batch_invariant: bool = False,
     ) -> None:
         import llama_cpp
 
@@ -93,9 +94,9 @@ class BatchScheduler:
         self.batch_invariant = batch_invariant
         chunk = min(prefill_chunk, n_batch)
         self.prefill_chunk = max(2, min(chunk, _INVARIANT_CHUNK) if batch_invariant else chunk)
-        # Sequences: the slots, then the prefix store, then the scratch sequence.
-        self._store_seq = n_parallel
-        self._scratch_seq = n_parallel + 1
+        # Sequences: the slots, then the scratch sequence, then the prefix store.
+        self._scratch_seq = n_parallel
+        self._store_seq = n_parallel + 1
         self._store: list[int] = []
         n_seq = n_parallel + 2
 
@@ -165,9 +166,17 @@ class BatchScheduler:
                     self._step()
         except BaseException as exc:  # a bug here must not hang every waiting client
             log.exception("batch_scheduler_failed")
+            self._closed = True
             for req in self._running:
                 req.emit(exc)
             self._running.clear()
+            while True:
+                try:
+                    item = self._incoming.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item.emit(exc)
 
     def _admit(self) -> bool:
         """Take new requests while slots are free; block only when nothing runs."""
@@ -266,7 +275,8 @@ class BatchScheduler:
         for req in decoding:
             outputs.append((req, self._add(req.next_token, req.n_past, req.seq, True)))
             req.n_past += 1
-        self._run(outputs, scratch=self.batch_invariant and len(outputs) == 1)
+        lone = self.batch_invariant and len(outputs) == 1
+        self._run(outputs, scratch=decoding[0].seq if lone else None)
 
     def _prefill_step(self, req: _Request) -> None:
         self._n = 0
@@ -279,24 +289,30 @@ class BatchScheduler:
             idx = self._add(req.tokens[pos], pos, req.seq, wanted)
             if pos == last:
                 outputs.append((req, idx))
-        scratch = self.batch_invariant and (end - req.n_past == 1 and end - 1 == last)
+        lone = self.batch_invariant and (end - req.n_past == 1 and end - 1 == last)
         req.n_past = end
-        self._run(outputs, scratch=scratch, prefilled=req)
+        self._run(outputs, scratch=req.seq if lone else None, prefilled=req)
 
     def _run(
         self,
         outputs: list[tuple[_Request, int]],
         *,
-        scratch: bool = False,
+        scratch: int | None = None,
         prefilled: _Request | None = None,
     ) -> None:
+        """Decode the batch built so far and sample; `scratch`: add a throw-away row next to
+        the lone output row of this sequence."""
         lc = self._lc
-        if scratch:
-            self._add(0, 0, self._scratch_seq, True)
+        spare = -1
+        if scratch is not None:
+            # An idle sequence next to it: llama.cpp's graph spans every KV region between
+            # the lowest and highest sequence of a step, so a distant one costs time.
+            spare = min([*self._free_seqs, self._scratch_seq], key=lambda s: abs(s - scratch))
+            self._add(0, 0, spare, True)
         self._batch.n_tokens = self._n
         rc = lc.llama_decode(self._ctx, self._batch)
-        if scratch:
-            lc.llama_memory_seq_rm(self._mem, self._scratch_seq, -1, -1)
+        if spare >= 0:
+            lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
         if rc != 0:
             # No room in the KV cache (or a backend error): fail this step's requests only.
             error = RuntimeError(f"llama_decode failed ({rc})")

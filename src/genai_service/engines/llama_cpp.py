@@ -45,7 +45,7 @@ class LlamaCppEngine:
         n_parallel: int = 4,
         prefill_chunk: int = 256,
         prefix_cache: bool = True,
-        batch_invariant: bool = True,
+        batch_invariant: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
