@@ -2,7 +2,7 @@
 
 Both servers run the same GGUF with the same threads, slots, context per slot and batch
 sizes, one after the other in this invocation. An async load generator streams greedy
-`/v1/completions` requests (fixed prompts sharing a system prefix, fixed `max_tokens`) at
+`/v1/chat/completions` requests (fixed questions under one system prompt, fixed `max_tokens`) at
 each concurrency level and records time to first token, inter-token latency and aggregate
 output tokens/s. Prints the table with the ratios, writes JSON and a PNG under bench/results/.
 
@@ -41,17 +41,17 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-
 
 SYSTEM = (
     "You are a helpful assistant for a public library. Answer the visitor's question in "
-    "plain words, in a few sentences, without lists.\n\n"
+    "detail, in about two hundred words of plain prose."
 )
 QUESTIONS = [
-    "Question: How do I renew a book?\nAnswer:",
-    "Question: What are the opening hours on Sunday?\nAnswer:",
-    "Question: Can I borrow an e-book from home?\nAnswer:",
-    "Question: How do I get a library card for my child?\nAnswer:",
-    "Question: Is there a quiet room for studying?\nAnswer:",
-    "Question: What happens if I return a book late?\nAnswer:",
-    "Question: Can I print documents at the library?\nAnswer:",
-    "Question: Do you have books in other languages?\nAnswer:",
+    "How do I renew a book?",
+    "What are the opening hours on Sunday?",
+    "Can I borrow an e-book from home?",
+    "How do I get a library card for my child?",
+    "Is there a quiet room for studying?",
+    "What happens if I return a book late?",
+    "Can I print documents at the library?",
+    "Do you have books in other languages?",
 ]
 
 
@@ -220,11 +220,14 @@ class Level:
 
 
 async def one_request(
-    http: httpx.AsyncClient, server: Server, prompt: str, max_tokens: int
+    http: httpx.AsyncClient, server: Server, question: str, max_tokens: int
 ) -> Sample:
     body = {
         "model": server.model,
-        "prompt": prompt,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": question},
+        ],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -233,7 +236,7 @@ async def one_request(
     start = time.perf_counter()
     arrivals: list[float] = []
     tokens = 0
-    async with http.stream("POST", f"{server.base_url}/v1/completions", json=body) as response:
+    async with http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
@@ -245,7 +248,7 @@ async def one_request(
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
             choices = event.get("choices") or []
-            if choices and choices[0].get("text"):
+            if choices and (choices[0].get("delta") or {}).get("content"):
                 arrivals.append(time.perf_counter())
     if not arrivals:
         raise RuntimeError(f"{server.name}: empty completion")
@@ -270,8 +273,8 @@ async def run_level(server: Server, concurrency: int, per_stream: int, max_token
 
         async def stream(worker: int) -> None:
             for i in range(per_stream):
-                prompt = SYSTEM + QUESTIONS[(worker + i * concurrency) % len(QUESTIONS)]
-                samples.append(await one_request(http, server, prompt, max_tokens))
+                question = QUESTIONS[(worker + i * concurrency) % len(QUESTIONS)]
+                samples.append(await one_request(http, server, question, max_tokens))
 
         start = time.perf_counter()
         await asyncio.gather(*(stream(w) for w in range(concurrency)))
@@ -293,7 +296,7 @@ async def run_level(server: Server, concurrency: int, per_stream: int, max_token
 
 async def bench_server(server: Server, args: argparse.Namespace) -> list[Level]:
     async with httpx.AsyncClient(timeout=600) as http:  # warm caches and threads
-        await one_request(http, server, SYSTEM + QUESTIONS[0], 8)
+        await one_request(http, server, QUESTIONS[0], 8)
     levels = []
     for c in args.concurrency:
         per_stream = args.requests_per_stream * (2 if c == 1 else 1)
@@ -346,8 +349,10 @@ def plot(results: dict[str, list[Level]], path: Path) -> None:
         ax2.plot(xs, [lv.ttft_p50 * 1000 for lv in levels], marker="o", label=name)
     ax1.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Aggregate throughput")
     ax2.set(xlabel="concurrent streams", ylabel="ms", title="Time to first token (p50)")
+    ticks = next(iter(results.values()))
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
+        ax.set_xticks([lv.concurrency for lv in ticks], [str(lv.concurrency) for lv in ticks])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
