@@ -1,9 +1,9 @@
 """Continuous batching over llama.cpp's low-level API.
 
-One scheduler thread owns the llama context. Each step is one `llama_decode`: either a decode
-step (the next token of every running request, one row each) or a chunk of one request's
-prompt; the two alternate while prompts are waiting, so a long prompt is prefilled in chunks
-and never stalls the running streams for more than one chunk. Decoding is bound by memory
+One scheduler thread owns the llama context. Each step is one `llama_decode` of one batch: the
+next token of every running request (one row each) plus prompt chunks of requests still
+prefilling, at most `prefill_chunk` tokens of them while others decode, so a long prompt is
+prefilled in chunks and never stalls the running streams for long. Decoding is bound by memory
 bandwidth, so one step over many sequences costs little more than a step over one.
 
 - Each request owns a sequence id (its slot) with its own KV-cache region (llama.cpp stream,
@@ -94,6 +94,10 @@ class BatchScheduler:
         self.batch_invariant = batch_invariant
         chunk = min(prefill_chunk, n_batch)
         self.prefill_chunk = max(2, min(chunk, _INVARIANT_CHUNK) if batch_invariant else chunk)
+        # Most tokens in one step: decode rows plus prompt chunks (one chunk when invariant).
+        self.step_tokens = (
+            max(self.prefill_chunk, n_parallel) if batch_invariant else max(n_batch, n_parallel)
+        )
         # Sequences: the slots, then the scratch sequence, then the prefix store.
         self._scratch_seq = n_parallel
         self._store_seq = n_parallel + 1
@@ -102,8 +106,8 @@ class BatchScheduler:
 
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx_per_slot * n_seq
-        params.n_batch = max(self.prefill_chunk, n_parallel) + 1
-        params.n_ubatch = params.n_batch
+        params.n_batch = self.step_tokens + 1  # + the scratch row
+        params.n_ubatch = params.n_batch if batch_invariant else min(512, params.n_batch)
         params.n_seq_max = n_seq
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
@@ -262,12 +266,42 @@ class BatchScheduler:
     def _step(self) -> None:
         decoding = [r for r in self._running if not r.prefilling]
         prefilling = [r for r in self._running if r.prefilling]
-        # Decode steps and prompt chunks alternate while both are waiting.
+        if not self.batch_invariant:
+            self._mixed_step(decoding, prefilling)
+            return
+        # Invariant: decode steps and single prompt chunks alternate while both are waiting.
         self._prefill_turn = not self._prefill_turn
         if prefilling and (self._prefill_turn or not decoding):
             self._prefill_step(prefilling[0])
         else:
             self._decode_step(decoding)
+
+    def _mixed_step(self, decoding: list[_Request], prefilling: list[_Request]) -> None:
+        """One batch: every decode row, then prompt chunks in arrival order (as llama-server);
+        while streams decode, prompts get at most `prefill_chunk` tokens of it."""
+        self._n = 0
+        outputs = []
+        for req in decoding:
+            outputs.append((req, self._add(req.next_token, req.n_past, req.seq, True)))
+            req.n_past += 1
+        room = self.step_tokens - self._n
+        if decoding:
+            room = min(room, self.prefill_chunk)
+        done = []
+        for req in prefilling:
+            if room <= 0:
+                break
+            end = min(req.n_past + room, len(req.tokens))
+            last = len(req.tokens) - 1
+            for pos in range(req.n_past, end):
+                idx = self._add(req.tokens[pos], pos, req.seq, pos == last)
+                if pos == last:
+                    outputs.append((req, idx))
+            room -= end - req.n_past
+            req.n_past = end
+            if not req.prefilling:
+                done.append(req)
+        self._run(outputs, prefilled=done)
 
     def _decode_step(self, decoding: list[_Request]) -> None:
         self._n = 0
@@ -291,14 +325,14 @@ class BatchScheduler:
                 outputs.append((req, idx))
         lone = self.batch_invariant and (end - req.n_past == 1 and end - 1 == last)
         req.n_past = end
-        self._run(outputs, scratch=req.seq if lone else None, prefilled=req)
+        self._run(outputs, scratch=req.seq if lone else None, prefilled=[req])
 
     def _run(
         self,
         outputs: list[tuple[_Request, int]],
         *,
         scratch: int | None = None,
-        prefilled: _Request | None = None,
+        prefilled: list[_Request] | None = None,
     ) -> None:
         """Decode the batch built so far and sample; `scratch`: add a throw-away row next to
         the lone output row of this sequence."""
@@ -316,14 +350,16 @@ class BatchScheduler:
         if rc != 0:
             # No room in the KV cache (or a backend error): fail this step's requests only.
             error = RuntimeError(f"llama_decode failed ({rc})")
-            failed = {r for r, _ in outputs} | ({prefilled} if prefilled else set())
+            failed = {r for r, _ in outputs} | set(prefilled or ())
             for req in failed:
                 req.emit(error)
                 self._release(req)
                 metrics.REQUESTS.labels(self.model_id, "error").inc()
             return
-        if prefilled is not None and self.prefix_cache and not prefilled.prefilling:
-            self._remember_prefix(prefilled)
+        if self.prefix_cache:
+            for req in prefilled or ():
+                if not req.prefilling:
+                    self._remember_prefix(req)
         now = time.perf_counter()
         for req, idx in outputs:
             token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
