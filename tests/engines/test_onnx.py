@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ExportRun, make_settings, run_server
+
 from genai_service.engines.base import ChatMessage, SamplingParams, collect
 from genai_service.engines.onnx import OnnxCausalLMEngine, OnnxEmbeddingEngine
 from genai_service.model_store import embedded_checkpoint_dir, onnx_cache_dir
@@ -141,6 +141,9 @@ def test_onnx_engine_serves_chat_over_http(tiny_llama_onnx: ExportRun) -> None:
         assert chunks[-1].usage.completion_tokens >= 1
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         reply = client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=12, temperature=0
+            model="tiny",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=12,
+            temperature=0,
         )
         assert reply.choices[0].message.content == text
