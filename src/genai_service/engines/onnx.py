@@ -72,12 +72,15 @@ class OnnxEmbeddingEngine:
         model_id: str | None = None,
         precision: Precision = "int8",
         threads: int | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.precision = precision
         self.threads = threads
-        self.batch_size = batch_size
+        # Dynamic INT8 quantizes activations with one scale per tensor over the whole batch,
+        # so padding and neighbours would shift a text's vector (cosine ~0.99 to itself alone):
+        # INT8 runs one text per call, which keeps every vector the same in any request.
+        self.batch_size = batch_size or (1 if precision == "int8" else 32)
         st_config = _read_json(self.model_dir / "sentence_bert_config.json")
         model_config = _read_json(self.model_dir / "config.json")
         self.max_seq_length = int(
@@ -114,6 +117,8 @@ class OnnxEmbeddingEngine:
         # Same truncation as sentence-transformers (max_seq_length), padding to the batch.
         tokenizer.enable_truncation(max_length=self.max_seq_length)
         tokenizer.enable_padding()
+        if path.name != INT8_FILE and self.batch_size == 1:
+            self.batch_size = 32  # INT8 was asked for but only FP32 exists: batching is exact
         self._session = _session(path, self.threads)
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = tokenizer
