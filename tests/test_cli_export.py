@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import ExportRun
 from typer.testing import CliRunner
 
 from genai_service.cli import app
 from genai_service.engines.onnx_export import FP32_FILE, INT8_FILE, detect_kind, onnx_size
+from tests.conftest import ExportRun
 
 
 def test_export_causal_lm_with_int8(tiny_llama: Path, tiny_llama_onnx: ExportRun) -> None:

@@ -52,8 +52,14 @@ async def _load_more_models(state: ServiceState) -> None:
     settings = state.settings
     for spec in model_specs(settings):
         state.reason = f"loading {spec.kind} model '{spec.model}' ({spec.engine})"
-        engine = await asyncio.to_thread(create_model, spec, settings)
-        await engine.load()
+        try:
+            engine = await asyncio.to_thread(create_model, spec, settings)
+            await engine.load()
+        except Exception as exc:
+            if not spec.optional:
+                raise
+            log.warning("optional_model_skipped", model=spec.model, error=str(exc))
+            continue
         if spec.kind == "embedding":
             state.add_embedder(engine, spec.model)  # type: ignore[arg-type]
         else:

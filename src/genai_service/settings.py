@@ -57,6 +57,9 @@ class ModelSpec(BaseModel):
     kind: Literal["chat", "embedding"] = "chat"
     served_model_name: str | None = None
     base_url: str | None = Field(None, description="Upstream engine: the server's /v1 URL.")
+    optional: bool = Field(
+        False, description="Skip this model (with a warning) when it cannot be had here."
+    )
 
 
 class Settings(BaseSettings):

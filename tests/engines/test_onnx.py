@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ExportRun, make_settings, run_server
 
 from genai_service.engines.base import ChatMessage, SamplingParams, collect
 from genai_service.engines.onnx import OnnxCausalLMEngine, OnnxEmbeddingEngine
 from genai_service.model_store import embedded_checkpoint_dir, onnx_cache_dir
+from tests.conftest import ExportRun, make_settings, run_server
 
 TEXTS = [
     "A man is eating food.",

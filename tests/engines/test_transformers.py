@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import run_server
 
 from genai_service.engines.base import Cancellation, ChatMessage, SamplingParams, collect
 from genai_service.engines.hf_transformers import TransformersEngine, pick_device
+from tests.conftest import run_server
 
 
 def test_auto_device_is_cuda_only_with_a_gpu() -> None:

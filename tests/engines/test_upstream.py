@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import MODEL_ID, RunningServer, make_settings, run_server
 
 from genai_service.engines.base import EngineHTTPError, SamplingParams, collect
 from genai_service.engines.upstream import UpstreamEngine
+from tests.conftest import MODEL_ID, RunningServer, make_settings, run_server
 
 UPSTREAM_KEY = "sk-upstream-secret"
 

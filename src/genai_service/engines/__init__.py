@@ -36,7 +36,13 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     if settings.embedding_model:
         specs.append(
             ModelSpec(
-                model=settings.embedding_model, engine=settings.embedding_engine, kind="embedding"
+                model=settings.embedding_model,
+                engine=settings.embedding_engine,
+                kind="embedding",
+                # Left at its default, the embedding model is a bonus: an image built without
+                # the onnx extra (or the MiniLM files) still serves its chat model. Asked for
+                # by name, it must load.
+                optional="embedding_model" not in settings.model_fields_set,
             )
         )
     specs.extend(settings.extra_models)
