@@ -47,11 +47,16 @@ def serve(
         str | None,
         typer.Option(
             help="'smollm2' (embedded), a .gguf path, or 'owner/repo/file.gguf' "
-            "from Hugging Face [env MODEL]."
+            "from Hugging Face; for other engines an ONNX or checkpoint folder, or the "
+            "upstream's model name [env MODEL]."
         ),
     ] = None,
     engine: Annotated[
-        str | None, typer.Option(help="Inference engine [env ENGINE; llama.cpp].")
+        str | None,
+        typer.Option(
+            help="Inference engine: llama.cpp, onnx, transformers, upstream "
+            "[env ENGINE; llama.cpp]."
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads [env N_THREADS; all cores].")
