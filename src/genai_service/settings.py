@@ -11,9 +11,9 @@ import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2"
@@ -47,6 +47,21 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+class ModelSpec(BaseModel):
+    """One more model to serve beside MODEL (EXTRA_MODELS is a JSON list of these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Spec for the engine: path, embedded name, or upstream id.")
+    engine: str = "llama.cpp"
+    kind: Literal["chat", "embedding"] = "chat"
+    served_model_name: str | None = None
+    base_url: str | None = Field(None, description="Upstream engine: the server's /v1 URL.")
+    optional: bool = Field(
+        False, description="Skip this model (with a warning) when it cannot be had here."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -65,7 +80,10 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         None, description="Model id clients use; defaults to the model file's name."
     )
-    engine: str = Field("llama.cpp", description="Inference engine (`llama.cpp`).")
+    engine: str = Field(
+        "llama.cpp",
+        description="Inference engine: `llama.cpp`, `onnx`, `transformers` or `upstream`.",
+    )
     model_cache_dir: Path = Field(
         default_factory=_default_cache_dir, description="Where downloaded models are kept."
     )
@@ -111,6 +129,32 @@ class Settings(BaseSettings):
     )
     default_top_p: float = Field(0.95, gt=0, le=1, description="top_p when a request sets none.")
     warmup: bool = Field(True, description="Generate one token before reporting ready.")
+
+    # --- more engines and models (ONNX, transformers, upstream; see engines/) -------------
+    embedding_model: str = Field(
+        "minilm",
+        description="Embedding model for /v1/embeddings: `minilm` (all-MiniLM-L6-v2, "
+        "embedded), an exported ONNX folder or a checkpoint folder; empty disables it.",
+    )
+    embedding_engine: str = Field("onnx", description="Engine of the embedding model.")
+    onnx_precision: Literal["int8", "fp32"] = Field(
+        "int8", description="Which ONNX weights to run when both exist."
+    )
+    device: str = Field(
+        "auto", description="transformers engine: `auto` (cuda when present), `cuda`, `cpu`."
+    )
+    upstream_base_url: str | None = Field(
+        None, description="Upstream engine: an OpenAI-compatible server's /v1 URL."
+    )
+    upstream_timeout: float = Field(60.0, gt=0, description="Upstream read timeout (s).")
+    upstream_max_retries: int = Field(
+        3, ge=0, description="Retries on 429, 5xx and connection errors, with backoff."
+    )
+    extra_models: list[ModelSpec] = Field(
+        default_factory=list,
+        description='More models, JSON: [{"model": "...", "engine": "...", "kind": '
+        '"chat"|"embedding", "served_model_name": "...", "base_url": "..."}].',
+    )
 
     # --- service ----------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -25,6 +25,7 @@ from genai_service.engines.base import (
     Cancellation,
     Completion,
     Engine,
+    EngineHTTPError,
     GenerationChunk,
     Prompt,
     SamplingParams,
@@ -116,8 +117,8 @@ async def generate(
         watcher = asyncio.ensure_future(_watch_disconnect(request, cancel, task))
         try:
             return await task
-        except (APIError, asyncio.CancelledError):
-            raise
+        except (APIError, EngineHTTPError, asyncio.CancelledError):
+            raise  # EngineHTTPError: an upstream server's answer, passed on as it is
         except Exception:
             # Answered here (not by the last-resort handler) so the connection stays usable.
             log.exception("generation_failed")
