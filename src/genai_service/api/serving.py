@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from genai_service import metrics
 from genai_service.api.errors import APIError, busy, error_body
 from genai_service.api.recording import GenerationRecorder
 from genai_service.api.schemas import Usage
@@ -25,6 +26,7 @@ from genai_service.engines.base import (
     Cancellation,
     Completion,
     Engine,
+    EngineHTTPError,
     GenerationChunk,
     Prompt,
     SamplingParams,
@@ -90,6 +92,7 @@ async def admit(state: ServiceState) -> Lease:
     try:
         return await state.limiter.acquire()
     except Busy as exc:
+        metrics.REJECTED.inc()
         raise busy(exc.retry_after) from None
 
 
@@ -129,9 +132,9 @@ async def generate(
         except asyncio.CancelledError:
             recorder.finish("cancelled")
             raise
-        except APIError:
+        except (APIError, EngineHTTPError):
             recorder.finish("error")
-            raise
+            raise  # EngineHTTPError: an upstream server's answer, passed on as it is
         except Exception:
             recorder.finish("error")
             # Answered here (not by the last-resort handler) so the connection stays usable.

@@ -38,7 +38,7 @@ async def _database(request: Request) -> tuple[bool, dict[str, Any] | None]:
 async def ready(state: State, request: Request) -> JSONResponse:
     models = {
         model_id: {"engine": engine.info.engine, "context_length": engine.info.context_length}
-        for model_id, engine in state.engines.items()
+        for model_id, engine in [*state.engines.items(), *state.embedders.items()]
     }
     db_up, database = await _database(request)
     if state.ready and db_up:
