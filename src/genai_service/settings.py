@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
     n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
     n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
+    n_gpu_layers: int = Field(
+        0, ge=-1, description="Layers offloaded to the GPU (-1: all); needs the CUDA image."
+    )
     max_concurrent_generations: int = Field(
         1, ge=1, description="Generations running at once; more wait in the queue."
     )

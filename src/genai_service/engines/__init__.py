@@ -29,4 +29,5 @@ def create_engine(settings: Settings) -> Engine:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
+        n_gpu_layers=settings.n_gpu_layers,
     )

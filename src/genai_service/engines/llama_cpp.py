@@ -45,11 +45,13 @@ class LlamaCppEngine:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         n_batch: int = 512,
+        n_gpu_layers: int = 0,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_batch = n_batch
+        self.n_gpu_layers = n_gpu_layers  # > 0 or -1 (all) needs a CUDA/Metal build of llama.cpp
         self.info = ModelInfo(
             id=model_id or self.model_path.stem,
             engine=self.engine_name,
@@ -80,6 +82,7 @@ class LlamaCppEngine:
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
             n_batch=self.n_batch,
+            n_gpu_layers=self.n_gpu_layers,
             verbose=False,
         )
         template = llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
