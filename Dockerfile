@@ -117,9 +117,9 @@ RUN groupadd --gid "${APP_UID}" genai \
         --shell /usr/sbin/nologin genai \
     && mkdir -p /models/cache \
     && chown -R genai:genai /models
+WORKDIR /app
 COPY --from=runtime-venv /opt/venv /opt/venv
 COPY --from=app /app /app
-WORKDIR /app
 # Models live on a volume; MODEL_CACHE_DIR on it receives hub downloads made at start-up.
 # Other caches go to /tmp (a tmpfs under Compose).
 ENV BUILD_ENV=PROD \
