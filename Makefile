@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint format clean
+.PHONY: install serve test lint format clean bench-images
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is needed")'
@@ -32,6 +32,10 @@ lint: install
 format: install
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
+
+# Container images: cold build, code-change rebuild, size, start to ready (see bench/images).
+bench-images: install
+	$(BIN)/python bench/images/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -68,7 +68,7 @@ def _apt_install(*packages: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        ["apt-get", "install", "-y", "-qq", *packages],
         check=True,
         env=env,
         capture_output=True,
@@ -359,3 +359,11 @@ def wait_http(url: str, timeout: float = 120, interval: float = 0.05) -> float:
             last = repr(exc)
         time.sleep(interval)
     raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
