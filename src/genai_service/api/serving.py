@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from genai_service.api.errors import APIError, busy, error_body
 from genai_service.api.schemas import Usage
@@ -112,31 +114,31 @@ async def generate(
         watcher = asyncio.ensure_future(_watch_disconnect(request, cancel, task))
         try:
             return await task
+        except (APIError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Answered here (not by the last-resort handler) so the connection stays usable.
+            log.exception("generation_failed")
+            raise APIError(
+                500, "The server had an error while generating.", code="engine_error"
+            ) from None
         finally:
             watcher.cancel()
             cancel.cancel()
 
 
-def _event(model: BaseModel | dict[str, Any]) -> dict[str, str]:
-    if isinstance(model, BaseModel):
-        return {"data": model.model_dump_json(exclude_unset=False)}
-    return {"data": json.dumps(model)}
+def _event(model: BaseModel) -> dict[str, str]:
+    return {"data": model.model_dump_json()}
 
 
+@dataclass(frozen=True, slots=True)
 class StreamFormat:
     """How one endpoint turns engine chunks into its OpenAI chunk objects."""
 
-    def __init__(
-        self,
-        first: Callable[[], BaseModel] | None,
-        delta: Callable[[str], BaseModel],
-        final: Callable[[GenerationChunk], BaseModel],
-        usage: Callable[[GenerationChunk], BaseModel] | None,
-    ) -> None:
-        self.first = first
-        self.delta = delta
-        self.final = final
-        self.usage = usage
+    first: Callable[[], BaseModel] | None
+    delta: Callable[[str], BaseModel]
+    final: Callable[[GenerationChunk], BaseModel]
+    usage: Callable[[GenerationChunk], BaseModel] | None
 
 
 async def _sse_events(
@@ -182,6 +184,8 @@ def sse_response(
     return EventSourceResponse(
         _sse_events(engine, prompt, params, lease, fmt),
         ping=15,
+        # Also released by the generator; this covers a stream that never got to start.
+        background=BackgroundTask(lease.release),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

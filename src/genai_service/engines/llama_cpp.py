@@ -156,65 +156,82 @@ class LlamaCppEngine:
         cancel: Cancellation,
         emit: Callable[[GenerationChunk | BaseException], None],
     ) -> None:
-        import llama_cpp
-
         self.active += 1
         try:
-            llm = self._llm
-            if llm is None:
-                raise RuntimeError("engine is not loaded")
-            llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
-            vocab = llm._model.vocab
-            n_prompt = len(prompt.token_ids)
-            budget = min(params.max_tokens, self.n_ctx - n_prompt)
-            stops = StopDetector(params.stop)
-            utf8 = Utf8Stream()
-            finish = "length"
-            generated = 0
-            stopped_by_sequence = False
-            if budget > 0:
-                tokens = llm.generate(
-                    prompt.token_ids,
-                    temp=params.temperature,
-                    top_p=params.top_p,
-                    top_k=40,
-                    min_p=0.05,
-                    repeat_penalty=1.0,
-                )
-                for token in tokens:
-                    if cancel.cancelled:
-                        return
-                    if llama_cpp.llama_vocab_is_eog(vocab, token):
-                        finish = "stop"
-                        break
-                    generated += 1
-                    text, hit = stops.feed(utf8.decode(llm.detokenize([token])))
-                    if text:
-                        emit(GenerationChunk(text=text))
-                    if hit:
-                        finish, stopped_by_sequence = "stop", True
-                        break
-                    if generated >= budget:
-                        break
-                tokens.close()
-            tail = ""
-            if not stopped_by_sequence:
-                # Text held back as a possible stop-sequence start turned out not to be one.
-                tail, hit = stops.feed(utf8.flush())
-                if not hit:
-                    tail += stops.flush()
-            emit(
-                GenerationChunk(
-                    text=tail,
-                    finish_reason=finish,  # type: ignore[arg-type]
-                    prompt_tokens=n_prompt,
-                    completion_tokens=generated,
-                )
+            final: GenerationChunk | BaseException | None = self._decode(
+                prompt, params, cancel, emit
             )
         except BaseException as exc:  # handed to the awaiting coroutine, which re-raises
-            emit(exc)
+            final = exc
         finally:
+            # Counted down before the last chunk goes out, so a consumer that has it sees 0.
             self.active -= 1
+        if final is not None:
+            emit(final)
+
+    def _decode(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        cancel: Cancellation,
+        emit: Callable[[GenerationChunk | BaseException], None],
+    ) -> GenerationChunk | None:
+        """Sample until a stop condition; emit text pieces, return the final chunk."""
+        import llama_cpp
+
+        llm = self._llm
+        if llm is None:
+            raise RuntimeError("engine is not loaded")
+        llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
+        vocab = llm._model.vocab
+        n_prompt = len(prompt.token_ids)
+        budget = min(params.max_tokens, self.n_ctx - n_prompt)
+        stops = StopDetector(params.stop)
+        utf8 = Utf8Stream()
+        finish = "length"
+        generated = 0
+        stopped_by_sequence = False
+        if budget > 0:
+            # Evaluate the whole prompt afresh: reusing a cached prefix changes the batch
+            # shapes, and with them the float rounding, so greedy output would drift
+            # between identical requests.
+            llm.reset()
+            tokens = llm.generate(
+                prompt.token_ids,
+                temp=params.temperature,
+                top_p=params.top_p,
+                top_k=40,
+                min_p=0.05,
+                repeat_penalty=1.0,
+            )
+            for token in tokens:
+                if cancel.cancelled:
+                    return None
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                generated += 1
+                text, hit = stops.feed(utf8.decode(llm.detokenize([token])))
+                if text:
+                    emit(GenerationChunk(text=text))
+                if hit:
+                    finish, stopped_by_sequence = "stop", True
+                    break
+                if generated >= budget:
+                    break
+            tokens.close()
+        tail = ""
+        if not stopped_by_sequence:
+            # Text held back as a possible stop-sequence start turned out not to be one.
+            tail, hit = stops.feed(utf8.flush())
+            if not hit:
+                tail += stops.flush()
+        return GenerationChunk(
+            text=tail,
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_tokens=n_prompt,
+            completion_tokens=generated,
+        )
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
