@@ -25,8 +25,14 @@ POSTGRES_IMAGE = "genai-test/postgres:15-bookworm"
 WHEELS_IMAGE = "genai-test/wheels:local"
 DEBIAN_MIRROR = os.environ.get("GENAI_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 # Debian's client has BuildKit built in; a bare /usr/local/bin/docker may need buildx.
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "")
+def _find_docker() -> str:
+    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "")
+
+
+DOCKER = _find_docker()
 
 
 class DockerUnavailable(Exception):
@@ -86,6 +92,7 @@ def can_bootstrap() -> bool:
 def ensure_engine() -> None:
     """Reuse a running engine; else install docker.io and start dockerd (root on Debian only)."""
     global DOCKER
+    DOCKER = _find_docker()
     if engine_running():
         return
     if not can_bootstrap():

