@@ -13,7 +13,8 @@
 #                  compiling; the default, scratch, means "build from source"
 #   APP_UID        the fixed UID/GID of the unprivileged user the service runs as
 # Secrets: `--secret id=pip_ca,src=CA.pem` gives pip a CA bundle (corporate proxies); optional.
-# Needs BuildKit (default since Docker 23; DOCKER_BUILDKIT=1 on 20.10).
+# Needs BuildKit (default since Docker 23; DOCKER_BUILDKIT=1 on 20.10). No `# syntax=` line: the
+# built-in Dockerfile frontend has every feature used here, and nothing has to be pulled for it.
 
 ARG PYTHON_IMAGE=python:3.12-slim
 ARG WHEELS_IMAGE=scratch
