@@ -4,7 +4,8 @@ For each image, built in this same run from the same sources:
 - cold build: BuildKit's cache (layers and cache mounts) pruned first;
 - code-change rebuild: one source file edited, then built again;
 - size: the image as `docker images` reports it (no model inside: it lives on a volume);
-- start to ready: `docker run` until /health/ready answers 200, model on a volume (median).
+- start to ready: `docker run` until /health/ready answers 200, model on a volume (median;
+  the images take turns, so a load change on the machine hits them alike).
 
     .venv/bin/python bench/images/run.py                 # all three images
     .venv/bin/python bench/images/run.py --starts 5 --json results.json
@@ -86,8 +87,8 @@ def start_to_ready(tag: str, command: tuple[str, ...], models: Path, env: dict[s
         dockerkit.docker("rm", "-f", "-v", name, check=False)
 
 
-def measure(variant: Variant, build_args: dict[str, str], models: Path, starts: int,
-            env: dict[str, str]) -> Result:  # fmt: skip
+def build_variant(variant: Variant, build_args: dict[str, str]) -> tuple[str, float, float, float]:
+    """Cold build, then a code-only change and a rebuild: (tag, cold s, rebuild s, size MB)."""
     tag = f"genai-bench/{variant.name.split()[0]}:latest"
     with tempfile.TemporaryDirectory(prefix="genai-bench-") as tmp:
         context = dockerkit.copy_build_context(Path(tmp))
@@ -102,11 +103,7 @@ def measure(variant: Variant, build_args: dict[str, str], models: Path, starts: 
         console.print(f"[bold]{variant.name}[/]: code-change rebuild ...")
         rebuild = dockerkit.build(context, tag, target=variant.target, dockerfile=dockerfile,
                                   build_args=build_args)  # fmt: skip
-    size = dockerkit.image_size_mb(tag)
-    console.print(f"[bold]{variant.name}[/]: start to ready x{starts} ...")
-    readies = [start_to_ready(tag, variant.command, models, env) for _ in range(starts)]
-    return Result(variant.name, cold.seconds, rebuild.seconds, size, statistics.median(readies),
-                  readies)  # fmt: skip
+    return tag, cold.seconds, rebuild.seconds, dockerkit.image_size_mb(tag)
 
 
 def markdown(results: list[Result]) -> str:
@@ -135,10 +132,16 @@ def main(
     models = dockerkit.models_dir()
     env = {"N_CTX": "2048"} | ({"N_THREADS": str(threads)} if threads else {})
     console.print(f"build args: {build_args}; container env: {env}")
+    variants = [v for v in VARIANTS if not only or v.name.split()[0] in only]
+    builds = [build_variant(v, build_args) for v in variants]
+    console.print(f"start to ready x{starts}, images taking turns ...")
+    readies: list[list[float]] = [[] for _ in variants]
+    for _ in range(starts):
+        for i, (variant, (tag, *_rest)) in enumerate(zip(variants, builds, strict=True)):
+            readies[i].append(start_to_ready(tag, variant.command, models, env))
     results = [
-        measure(v, build_args, models, starts, env)
-        for v in VARIANTS
-        if not only or v.name.split()[0] in only
+        Result(v.name, cold, rebuild, size, statistics.median(r), r)
+        for v, (_tag, cold, rebuild, size), r in zip(variants, builds, readies, strict=True)
     ]
 
     table = Table(title="Container images (same sources, same run)")
