@@ -100,6 +100,7 @@ print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-depen
 COPY src/ /app/src/
 WORKDIR /app
 ENV BUILD_ENV=DEV \
+    EMBEDDING_MODEL="" \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_CACHE_DIR=/models/cache
@@ -123,7 +124,10 @@ COPY --from=runtime-venv /opt/venv /opt/venv
 COPY --from=app /app /app
 # Models live on a volume; MODEL_CACHE_DIR on it receives hub downloads made at start-up.
 # Other caches go to /tmp (a tmpfs under Compose).
+# EMBEDDING_MODEL: off, as the image has no ONNX Runtime (build with EXTRAS=onnx and mount an
+# exported folder to serve /v1/embeddings).
 ENV BUILD_ENV=PROD \
+    EMBEDDING_MODEL="" \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_CACHE_DIR=/models/cache \

@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint format clean bench-images
+.PHONY: install serve test lint format clean bench-onnx bench-throughput bench-images
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is needed")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,onnx,export,transformers,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -26,12 +26,21 @@ test: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# genai-service against llama-server (built once from the vendored llama.cpp), JSON + PNG in bench/results/.
+bench-throughput: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/throughput/bench.py $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check src tests bench
 
 format: install
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
+
+# FP32 against INT8 ONNX embeddings: size, latency, throughput, quality (bench/onnx).
+bench-onnx: install
+	$(BIN)/python bench/onnx/run.py --json bench/onnx/results.json
 
 # Container images: cold build, code-change rebuild, size, start to ready (see bench/images).
 bench-images: install

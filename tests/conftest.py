@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -93,7 +94,13 @@ def run_server(
 
 
 def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"n_ctx": 2048, "max_queue": 4, "log_level": "warning"}
+    # The embedding model is off unless a test asks for it (tests/api/test_embeddings.py).
+    values: dict[str, Any] = {
+        "n_ctx": 2048,
+        "max_queue": 4,
+        "log_level": "warning",
+        "embedding_model": "",
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -123,3 +130,85 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("GENAI_STRICT") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under GENAI_STRICT=1: {report.longrepr}"
+
+
+# --- models for the engine tests (ONNX, transformers, export) ---------------------------------
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Llama architecture (2 layers, hidden 64) with random weights and a byte-level
+    BPE tokenizer trained here, saved as a Hugging Face checkpoint folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["The quick brown fox jumps over the lazy dog. Hello world! Ünïcödé 日本語."] * 20
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+@dataclass
+class ExportRun:
+    out: Path
+    exit_code: int
+    output: str
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_onnx(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
+    """The tiny Llama exported by the real CLI (`models export-onnx ... --quantize int8`)."""
+    from typer.testing import CliRunner
+
+    from genai_service.cli import app
+
+    out = tmp_path_factory.mktemp("tiny-llama-onnx") / "tiny-llama"
+    result = CliRunner().invoke(
+        app, ["models", "export-onnx", str(tiny_llama), str(out), "--quantize", "int8"]
+    )
+    return ExportRun(out, result.exit_code, result.output)
+
+
+@pytest.fixture(scope="session")
+def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache holding MiniLM exported to ONNX (FP32 + INT8) by the first-use path."""
+    from genai_service.engines import resolve_onnx_model
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    resolve_onnx_model("minilm", make_settings(model_cache_dir=cache))
+    return cache

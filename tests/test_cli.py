@@ -40,9 +40,12 @@ def test_models_path_prints_the_embedded_file() -> None:
     assert result.output.strip().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def test_serve_answers_a_chat_completion(tmp_path: Path) -> None:
+def test_serve_answers_a_chat_completion(tmp_path: Path, minilm_cache: Path) -> None:
     port = free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
+    # A plain serve also serves the embedding model; its ONNX export (made once, at first use)
+    # is already in this cache, as after any earlier start.
+    env["MODEL_CACHE_DIR"] = str(minilm_cache)
     process = subprocess.Popen(
         [
             str(BIN / "genai-service"),
@@ -83,6 +86,9 @@ def test_serve_answers_a_chat_completion(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         assert json.loads(response.text)["choices"][0]["message"]["content"]
         assert response.headers["x-request-id"]
+        embedded = httpx.post(f"{base}/v1/embeddings", json={"input": "Hi!"}, timeout=60)
+        assert embedded.status_code == 200, embedded.text
+        assert len(embedded.json()["data"][0]["embedding"]) == 384
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0].decode()

@@ -19,7 +19,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from genai_service import __version__
 from genai_service.api.deps import require_api_key
 from genai_service.api.errors import install_error_handlers
-from genai_service.api.routes import chat, completions, generate, health, models
+from genai_service.api.routes import (
+    chat,
+    completions,
+    embeddings,
+    generate,
+    health,
+    metrics,
+    models,
+)
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
 from genai_service.limiter import GenerationLimiter
 from genai_service.middleware import RequestContextMiddleware
@@ -45,18 +53,42 @@ async def _warm_up(engine: Engine) -> None:
     )
 
 
+async def _load_more_models(state: ServiceState) -> None:
+    """The embedding model and EXTRA_MODELS, after MODEL; readiness waits for all of them."""
+    from genai_service.engines import create_model, model_specs
+
+    settings = state.settings
+    for spec in model_specs(settings):
+        state.reason = f"loading {spec.kind} model '{spec.model}' ({spec.engine})"
+        try:
+            engine = await asyncio.to_thread(create_model, spec, settings)
+            await engine.load()
+        except Exception as exc:
+            if not spec.optional:
+                raise
+            log.warning("optional_model_skipped", model=spec.model, error=str(exc))
+            continue
+        if spec.kind == "embedding":
+            state.add_embedder(engine, spec.model)  # type: ignore[arg-type]
+        else:
+            state.add_engine(engine, spec.model)  # type: ignore[arg-type]
+        log.info("model_ready", model=engine.info.id, engine=engine.info.engine, kind=spec.kind)
+
+
 async def load_engines(state: ServiceState, factory: EngineFactory) -> None:
     settings = state.settings
     try:
-        state.reason = f"loading model '{settings.model}'"
-        engine = await asyncio.to_thread(factory, settings)
-        await engine.load()
-        state.add_engine(engine, settings.model)
-        if settings.warmup:
-            state.reason = "warming up"
-            await _warm_up(engine)
+        if settings.model:  # MODEL="" serves only the embedding and extra models
+            state.reason = f"loading model '{settings.model}'"
+            engine = await asyncio.to_thread(factory, settings)
+            await engine.load()
+            state.add_engine(engine, settings.model)
+            if settings.warmup and getattr(engine, "warmup", True):
+                state.reason = "warming up"
+                await _warm_up(engine)
+            log.info("model_ready", model=engine.info.id, engine=engine.info.engine)
+        await _load_more_models(state)
         state.ready, state.reason = True, "ready"
-        log.info("model_ready", model=engine.info.id, engine=engine.info.engine)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -72,7 +104,7 @@ def create_app(
     state = ServiceState(
         settings=settings,
         limiter=GenerationLimiter(
-            settings.max_concurrent_generations, settings.max_queue, settings.queue_timeout
+            settings.generation_slots, settings.max_queue, settings.queue_timeout
         ),
     )
     factory = engine_factory or _default_factory
@@ -87,7 +119,7 @@ def create_app(
             with contextlib.suppress(BaseException):
                 await loader
             state.ready, state.reason = False, "shutting down"
-            for engine in state.engines.values():
+            for engine in state.all_models():
                 await engine.close()
 
     docs = settings.docs_enabled
@@ -105,7 +137,8 @@ def create_app(
 
     auth = [Depends(require_api_key)]
     app.include_router(health.router)
-    for router in (chat.router, completions.router, models.router):
+    app.include_router(metrics.router)  # scraped by Prometheus: no API key, not under /v1
+    for router in (chat.router, completions.router, embeddings.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     app.include_router(generate.router, dependencies=auth)
 

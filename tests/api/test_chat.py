@@ -84,7 +84,8 @@ def test_same_seed_same_text(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("stop", ["\n", [".", "!"]])
 def test_stop_sequences_end_the_reply(client: openai.OpenAI, stop: str | list[str]) -> None:
-    messages = [{"role": "user", "content": "Write three sentences about the sea."}]
+    # Greedy replies depend on kernel rounding: a prompt whose reply has both stops early.
+    messages = [{"role": "user", "content": "List three facts about the sea."}]
     free = client.chat.completions.create(
         model=MODEL_ID, messages=messages, max_tokens=60, temperature=0
     )

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from genai_service.api.errors import model_not_found, not_ready, unauthorized
-from genai_service.engines.base import Engine
+from genai_service.api.errors import APIError, model_not_found, not_ready, unauthorized
+from genai_service.engines.base import EmbeddingEngine, Engine
 from genai_service.state import ServiceState
 
 
@@ -44,5 +44,27 @@ def resolve_engine(state: ServiceState, model: str | None) -> Engine:
         raise not_ready(state.reason)
     engine = state.find(model)
     if engine is None:
+        if state.find_embedder(model) is not None:
+            raise wrong_kind(model or "", "an embedding model", "/v1/embeddings")
         raise model_not_found(model or "")
     return engine
+
+
+def resolve_embedder(state: ServiceState, model: str | None) -> EmbeddingEngine:
+    if not state.ready:
+        raise not_ready(state.reason)
+    engine = state.find_embedder(model)
+    if engine is None:
+        if model is not None and state.find(model) is not None:
+            raise wrong_kind(model, "a text-generation model", "/v1/chat/completions")
+        raise model_not_found(model or "")
+    return engine
+
+
+def wrong_kind(model: str, kind: str, route: str) -> APIError:
+    return APIError(
+        400,
+        f"The model '{model}' is {kind}; use it with {route}.",
+        param="model",
+        code="model_not_supported",
+    )

@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from genai_service.engines.base import EngineHTTPError
+
 log = structlog.get_logger(__name__)
 
 _TYPES = {
@@ -26,6 +28,7 @@ _TYPES = {
     415: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
+    502: "server_error",
     503: "service_unavailable",
 }
 
@@ -131,6 +134,12 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return exc.response()
 
 
+def _engine_http_error(request: Request, exc: Exception) -> JSONResponse:
+    # An upstream model server's error, already sorted into the client's fault or ours.
+    assert isinstance(exc, EngineHTTPError)
+    return APIError(exc.status_code, exc.message, code=exc.code or "upstream_error").response()
+
+
 def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     # Logged in full on the server; the client gets a request id to quote, not the trace.
     request_id = getattr(request.state, "request_id", None)
@@ -147,4 +156,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(EngineHTTPError, _engine_http_error)
     app.add_exception_handler(Exception, _unhandled)

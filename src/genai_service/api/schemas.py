@@ -202,6 +202,54 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+# --- embeddings -----------------------------------------------------------------------------
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Request):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _texts_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must not be an empty list")
+            if len(value) > MAX_EMBEDDING_INPUTS:
+                raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed")
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError("token-id inputs are not supported; send strings")
+        texts = [value] if isinstance(value, str) else value
+        if any(not text for text in texts):
+            raise ValueError("inputs must be non-empty strings")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)  # type: ignore[arg-type]
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
 # --- the simple endpoint --------------------------------------------------------------------
 class GenerateTextRequest(_Request):
     prompt: str = Field(min_length=1)

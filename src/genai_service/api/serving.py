@@ -18,12 +18,14 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from genai_service import metrics
 from genai_service.api.errors import APIError, busy, error_body
 from genai_service.api.schemas import Usage
 from genai_service.engines.base import (
     Cancellation,
     Completion,
     Engine,
+    EngineHTTPError,
     GenerationChunk,
     Prompt,
     SamplingParams,
@@ -89,6 +91,7 @@ async def admit(state: ServiceState) -> Lease:
     try:
         return await state.limiter.acquire()
     except Busy as exc:
+        metrics.REJECTED.inc()
         raise busy(exc.retry_after) from None
 
 
@@ -114,8 +117,8 @@ async def generate(
         watcher = asyncio.ensure_future(_watch_disconnect(request, cancel, task))
         try:
             return await task
-        except (APIError, asyncio.CancelledError):
-            raise
+        except (APIError, EngineHTTPError, asyncio.CancelledError):
+            raise  # EngineHTTPError: an upstream server's answer, passed on as it is
         except Exception:
             # Answered here (not by the last-resort handler) so the connection stays usable.
             log.exception("generation_failed")

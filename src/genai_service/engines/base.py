@@ -18,6 +18,16 @@ class EngineError(Exception):
     """Base class for errors an engine reports to the API layer."""
 
 
+class EngineHTTPError(EngineError):
+    """An engine backed by a remote server got an HTTP error the client should see."""
+
+    def __init__(self, status_code: int, message: str, code: str | None = None) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.code = code
+        super().__init__(message)
+
+
 class ContextLengthExceeded(EngineError):
     def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
         self.prompt_tokens = prompt_tokens
@@ -57,10 +67,15 @@ class SamplingParams:
 
 @dataclass(slots=True)
 class Prompt:
-    """A prompt already tokenized, so its length is known before any work starts."""
+    """A prompt already tokenized, so its length is known before any work starts.
+
+    `messages` keeps the chat turns for engines that forward them unrendered (an upstream
+    OpenAI-compatible server renders its own template); local engines ignore it.
+    """
 
     text: str
     token_ids: list[int]
+    messages: tuple[ChatMessage, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +126,21 @@ class Engine(Protocol):
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
         """Generate, yielding text pieces; the final chunk has finish_reason and usage."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingEngine(Protocol):
+    """An engine that turns texts into vectors (`/v1/embeddings`)."""
+
+    info: ModelInfo
+
+    async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """One vector per text, and the number of tokens read (for usage)."""
         ...
 
 

@@ -1,18 +1,16 @@
 """llama.cpp engine (llama-cpp-python): GGUF models on the CPU.
 
-One `Llama` context is not thread-safe, so every call that touches it runs on one dedicated
-worker thread; the event loop only awaits results. Tokens travel back to the loop through an
-asyncio queue, and a `Cancellation` flag stops a generation between two tokens.
+Generation runs in `llama_batch.BatchScheduler`: one thread owns the llama context and decodes
+every active request in one batch per step (continuous batching). The event loop only awaits
+results: tokens travel back through an asyncio queue, and a `Cancellation` flag makes the
+scheduler drop a request (and free its KV cells) before the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import random
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ from genai_service.engines.base import (
     Prompt,
     SamplingParams,
 )
-from genai_service.engines.text import StopDetector, Utf8Stream
 
 # ChatML, for GGUF files that carry no chat template of their own.
 _FALLBACK_TEMPLATE = (
@@ -46,12 +43,20 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         n_gpu_layers: int = 0,
+        n_parallel: int = 4,
+        prefill_chunk: int = 256,
+        prefix_cache: bool = True,
+        batch_invariant: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
-        self.n_ctx = n_ctx
+        self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_batch = n_batch
         self.n_gpu_layers = n_gpu_layers  # > 0 or -1 (all) needs a CUDA/Metal build of llama.cpp
+        self.n_parallel = n_parallel
+        self.prefill_chunk = prefill_chunk
+        self.prefix_cache = prefix_cache
+        self.batch_invariant = batch_invariant
         self.info = ModelInfo(
             id=model_id or self.model_path.stem,
             engine=self.engine_name,
@@ -59,56 +64,85 @@ class LlamaCppEngine:
             created=int(self.model_path.stat().st_mtime) if self.model_path.exists() else 0,
             path=str(self.model_path),
         )
-        self._llm: Any = None
+        self._model: Any = None
         self._formatter: Any = None
-        self.active = 0  # generations running on the worker thread right now
-        # One thread owns the llama context: calls into it are serialised, never concurrent.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
+        self._scheduler: Any = None
+
+    @property
+    def active(self) -> int:
+        """Requests running in (or handed to) the batch scheduler right now."""
+        return self._scheduler.active if self._scheduler is not None else 0
+
+    @property
+    def pending(self) -> int:
+        """Requests handed to the scheduler that wait for a free slot."""
+        return self._scheduler.pending if self._scheduler is not None else 0
 
     # --- lifecycle -----------------------------------------------------------------------
     async def load(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_sync)
+        await asyncio.to_thread(self._load_sync)
+
+    def _model_params(self, llama_cpp: Any) -> Any:
+        params = llama_cpp.llama_model_default_params()
+        if self.n_gpu_layers:
+            # -1: every layer (llama.cpp reads any count above the model's as "all").
+            params.n_gpu_layers = 0x7FFFFFFF if self.n_gpu_layers < 0 else self.n_gpu_layers
+        return params
 
     def _load_sync(self) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
+        from llama_cpp._logger import set_verbose
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from genai_service.engines.llama_batch import BatchScheduler
 
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model file not found: {self.model_path}")
-        llm = Llama(
-            model_path=str(self.model_path),
-            n_ctx=self.n_ctx,
-            n_threads=self.n_threads,
-            n_threads_batch=self.n_threads,
-            n_batch=self.n_batch,
-            n_gpu_layers=self.n_gpu_layers,
+        set_verbose(False)  # llama.cpp logs every context and graph detail otherwise
+        llama_cpp.llama_backend_init()
+        model = LlamaModel(
+            path_model=str(self.model_path),
+            params=self._model_params(llama_cpp),
             verbose=False,
         )
-        template = llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
-        model = llm._model
-        eos, bos = llm.token_eos(), llm.token_bos()
+        template = model.metadata().get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        eos, bos = model.token_eos(), model.token_bos()
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
             add_generation_prompt=True,
         )
-        self._llm = llm
+        self._scheduler = BatchScheduler(
+            model,
+            model_id=self.info.id,
+            n_ctx_per_slot=self.n_ctx,
+            n_parallel=self.n_parallel,
+            n_threads=self.n_threads,
+            n_batch=self.n_batch,
+            prefill_chunk=self.prefill_chunk,
+            prefix_cache=self.prefix_cache,
+            batch_invariant=self.batch_invariant,
+        )
+        self._model = model
 
     async def close(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, llm.close)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        scheduler, self._scheduler = self._scheduler, None
+        model, self._model = self._model, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.close)
+        if model is not None:
+            model.close()
 
     # --- prompts ---------------------------------------------------------------------------
     def _tokenize(self, text: str, add_bos: bool) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        if self._model is None:
+            raise RuntimeError("engine is not loaded")
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
     async def tokenize(self, text: str) -> list[int]:
-        # The vocabulary is read-only, so tokenizing need not wait for a running generation.
+        # The vocabulary is read-only, so tokenizing need not wait for the scheduler.
         return await asyncio.to_thread(self._tokenize, text, True)
 
     async def text_prompt(self, text: str) -> Prompt:
@@ -126,6 +160,9 @@ class LlamaCppEngine:
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise RuntimeError("engine is not loaded")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
         cancel = cancel or Cancellation()
@@ -133,9 +170,7 @@ class LlamaCppEngine:
         def emit(item: GenerationChunk | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        future = loop.run_in_executor(
-            self._executor, self._generate_sync, prompt, params, cancel, emit
-        )
+        scheduler.submit(prompt.token_ids, params, cancel, emit)
         try:
             while True:
                 item = await queue.get()
@@ -145,95 +180,6 @@ class LlamaCppEngine:
                 if item.finish_reason is not None:
                     return
         finally:
-            # The consumer went away (client disconnect) or finished: stop the worker now.
+            # The consumer went away (client disconnect) or finished: the scheduler drops
+            # the request before its next step.
             cancel.cancel()
-            future.add_done_callback(_consume_exception)
-
-    def _generate_sync(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        cancel: Cancellation,
-        emit: Callable[[GenerationChunk | BaseException], None],
-    ) -> None:
-        self.active += 1
-        try:
-            final: GenerationChunk | BaseException | None = self._decode(
-                prompt, params, cancel, emit
-            )
-        except BaseException as exc:  # handed to the awaiting coroutine, which re-raises
-            final = exc
-        finally:
-            # Counted down before the last chunk goes out, so a consumer that has it sees 0.
-            self.active -= 1
-        if final is not None:
-            emit(final)
-
-    def _decode(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        cancel: Cancellation,
-        emit: Callable[[GenerationChunk | BaseException], None],
-    ) -> GenerationChunk | None:
-        """Sample until a stop condition; emit text pieces, return the final chunk."""
-        import llama_cpp
-
-        llm = self._llm
-        if llm is None:
-            raise RuntimeError("engine is not loaded")
-        llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
-        vocab = llm._model.vocab
-        n_prompt = len(prompt.token_ids)
-        budget = min(params.max_tokens, self.n_ctx - n_prompt)
-        stops = StopDetector(params.stop)
-        utf8 = Utf8Stream()
-        finish = "length"
-        generated = 0
-        stopped_by_sequence = False
-        if budget > 0:
-            # Evaluate the whole prompt afresh: reusing a cached prefix changes the batch
-            # shapes, and with them the float rounding, so greedy output would drift
-            # between identical requests.
-            llm.reset()
-            tokens = llm.generate(
-                prompt.token_ids,
-                temp=params.temperature,
-                top_p=params.top_p,
-                top_k=40,
-                min_p=0.05,
-                repeat_penalty=1.0,
-            )
-            for token in tokens:
-                if cancel.cancelled:
-                    return None
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                generated += 1
-                text, hit = stops.feed(utf8.decode(llm.detokenize([token])))
-                if text:
-                    emit(GenerationChunk(text=text))
-                if hit:
-                    finish, stopped_by_sequence = "stop", True
-                    break
-                if generated >= budget:
-                    break
-            tokens.close()
-        tail = ""
-        if not stopped_by_sequence:
-            # Text held back as a possible stop-sequence start turned out not to be one.
-            tail, hit = stops.feed(utf8.flush())
-            if not hit:
-                tail += stops.flush()
-        return GenerationChunk(
-            text=tail,
-            finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=n_prompt,
-            completion_tokens=generated,
-        )
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    with contextlib.suppress(BaseException):
-        future.exception()

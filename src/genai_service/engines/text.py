@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class StopDetector:
@@ -53,3 +53,30 @@ class Utf8Stream:
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text pieces, for tokenizers without byte access.
+
+    Decoding token by token breaks words and multi-byte characters (byte-level BPE emits
+    U+FFFD for half a character), so the whole tail is decoded again and only the new,
+    complete text is returned.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._emitted = 0  # characters of decode(self._ids) already returned
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._decode(self._ids)
+        if text.endswith("\ufffd"):
+            return ""  # wait for the rest of the character
+        piece, self._emitted = text[self._emitted :], len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self._decode(self._ids)
+        piece, self._emitted = text[self._emitted :], len(text)
+        return piece

@@ -21,7 +21,7 @@ async def live() -> Health:
 async def ready(state: State) -> JSONResponse:
     models = {
         model_id: {"engine": engine.info.engine, "context_length": engine.info.context_length}
-        for model_id, engine in state.engines.items()
+        for model_id, engine in [*state.engines.items(), *state.embedders.items()]
     }
     if state.ready:
         return JSONResponse(Health(status="ok", models=models).model_dump())

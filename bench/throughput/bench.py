@@ -1,0 +1,418 @@
+"""Throughput under concurrency: genai-service against llama.cpp's own `llama-server`.
+
+Both servers run the same GGUF with the same threads, slots, context per slot and batch
+sizes, one after the other in this invocation. An async load generator streams greedy
+`/v1/chat/completions` requests (fixed questions under one system prompt, fixed `max_tokens`) at
+each concurrency level and records time to first token, inter-token latency and aggregate
+output tokens/s. Prints the table with the ratios, writes JSON and a PNG under bench/results/.
+
+`llama-server` is built from the llama.cpp copy vendored in the llama-cpp-python sdist of the
+installed version (the same source as the engine), into ~/.cache/genai-service/llama-server.
+
+    make bench-throughput            # or: .venv/bin/python bench/throughput/bench.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-service"
+
+SYSTEM = (
+    "You are a helpful assistant for a public library. Answer the visitor's question in "
+    "detail, in about two hundred words of plain prose."
+)
+QUESTIONS = [
+    "How do I renew a book?",
+    "What are the opening hours on Sunday?",
+    "Can I borrow an e-book from home?",
+    "How do I get a library card for my child?",
+    "Is there a quiet room for studying?",
+    "What happens if I return a book late?",
+    "Can I print documents at the library?",
+    "Do you have books in other languages?",
+]
+
+
+# --- llama-server build ---------------------------------------------------------------------
+def llama_cpp_source(work: Path) -> Path:
+    """The llama.cpp tree vendored in the sdist of the installed llama-cpp-python."""
+    ver = version("llama-cpp-python")
+    if env := os.environ.get("LLAMA_CPP_SDIST_DIR"):
+        return Path(env) / "vendor" / "llama.cpp"
+    unpacked = CACHE / "llama-server" / ver / "src"
+    tree = unpacked / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
+    if tree.is_dir():
+        return tree
+    print(f"downloading the llama-cpp-python {ver} sdist ...", flush=True)
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"),
+            *("--no-binary", ":all:", "--dest", str(work), f"llama-cpp-python=={ver}"),
+        ],
+        check=True,
+    )
+    sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
+    unpacked.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist) as tar:
+        tar.extractall(unpacked, filter="data")
+    return tree
+
+
+def llama_server_binary() -> Path:
+    if env := os.environ.get("LLAMA_SERVER_BIN"):
+        return Path(env)
+    build = CACHE / "llama-server" / version("llama-cpp-python") / "build"
+    binary = build / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    with tempfile.TemporaryDirectory() as work:
+        source = llama_cpp_source(Path(work))
+        print(f"building llama-server from {source} (several minutes) ...", flush=True)
+        flags = [
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DBUILD_SHARED_LIBS=OFF",
+            "-DLLAMA_BUILD_SERVER=ON",
+            "-DLLAMA_BUILD_TOOLS=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_APP=OFF",
+            "-DLLAMA_BUILD_UI=OFF",
+            "-DLLAMA_USE_PREBUILT_UI=OFF",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+        ]
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build), *flags], check=True)
+        jobs = str(os.cpu_count() or 2)
+        subprocess.run(
+            ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs], check=True
+        )
+    return binary
+
+
+# --- servers ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    base_url: str
+    process: subprocess.Popen[bytes]
+    model: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def start_genai(args: argparse.Namespace, log: Path) -> Server:
+    port = free_port()
+    env = os.environ | {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODEL": str(args.model),
+        "N_THREADS": str(args.threads),
+        "N_PARALLEL": str(args.slots),
+        "N_CTX": str(args.ctx_per_slot),
+        "N_BATCH": str(args.batch),
+        "MAX_QUEUE": "256",
+        "QUEUE_TIMEOUT": "600",
+        "API_KEYS": "",
+        "LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genai_service", "serve"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/health/ready", process)
+    model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
+    return Server("genai-service", base, process, model)
+
+
+def start_llama_server(args: argparse.Namespace, binary: Path, log: Path) -> Server:
+    port = free_port()
+    command = [
+        str(binary),
+        "--model", str(args.model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--threads", str(args.threads),
+        "--threads-batch", str(args.threads),
+        "--parallel", str(args.slots),
+        "--ctx-size", str(args.slots * args.ctx_per_slot),
+        "--batch-size", str(args.batch),
+        "--ubatch-size", str(args.batch),
+        "--no-webui",
+        "--temp", "0",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/health", process)
+    return Server("llama-server", base, process, "model")
+
+
+# --- load generator ---------------------------------------------------------------------------
+@dataclass
+class Sample:
+    ttft: float
+    gaps: list[float]
+    tokens: int
+
+
+@dataclass
+class Level:
+    concurrency: int
+    requests: int
+    wall_s: float
+    tokens: int
+    ttft_p50: float
+    ttft_p95: float
+    itl_p50: float
+    tokens_per_s: float
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def one_request(
+    http: httpx.AsyncClient, server: Server, question: str, max_tokens: int
+) -> Sample:
+    body = {
+        "model": server.model,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": question},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    arrivals: list[float] = []
+    tokens = 0
+    async with http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+            choices = event.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                arrivals.append(time.perf_counter())
+    if not arrivals:
+        raise RuntimeError(f"{server.name}: empty completion")
+    return Sample(
+        ttft=arrivals[0] - start,
+        gaps=[b - a for a, b in itertools.pairwise(arrivals)],
+        tokens=tokens or len(arrivals),
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_level(server: Server, concurrency: int, per_stream: int, max_tokens: int) -> Level:
+    samples: list[Sample] = []
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+
+        async def stream(worker: int) -> None:
+            for i in range(per_stream):
+                question = QUESTIONS[(worker + i * concurrency) % len(QUESTIONS)]
+                samples.append(await one_request(http, server, question, max_tokens))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(stream(w) for w in range(concurrency)))
+        wall = time.perf_counter() - start
+    tokens = sum(s.tokens for s in samples)
+    gaps = [g for s in samples for g in s.gaps]
+    return Level(
+        concurrency=concurrency,
+        requests=len(samples),
+        wall_s=wall,
+        tokens=tokens,
+        ttft_p50=pct([s.ttft for s in samples], 0.5),
+        ttft_p95=pct([s.ttft for s in samples], 0.95),
+        itl_p50=statistics.median(gaps) if gaps else float("nan"),
+        tokens_per_s=tokens / wall,
+        samples=[asdict(s) for s in samples],
+    )
+
+
+async def bench_server(server: Server, args: argparse.Namespace) -> list[Level]:
+    async with httpx.AsyncClient(timeout=600) as http:  # warm caches and threads
+        await one_request(http, server, QUESTIONS[0], 8)
+    levels = []
+    for c in args.concurrency:
+        per_stream = args.requests_per_stream * (2 if c == 1 else 1)
+        level = await run_level(server, c, per_stream, args.max_tokens)
+        print(
+            f"  {server.name:14s} c={c:<3d} {level.tokens_per_s:7.1f} tok/s  "
+            f"TTFT p50 {level.ttft_p50 * 1000:7.0f} ms  ITL p50 {level.itl_p50 * 1000:6.1f} ms",
+            flush=True,
+        )
+        levels.append(level)
+    return levels
+
+
+# --- report -----------------------------------------------------------------------------------
+def table(results: dict[str, list[Level]]) -> str:
+    ours, ref = results["genai-service"], results.get("llama-server")
+    head = (
+        "| streams | server | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms |"
+        " tok/s ratio | TTFT p50 ratio | ITL p50 ratio |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for i, level in enumerate(ours):
+        rows = [("genai-service", level)] + ([("llama-server", ref[i])] if ref else [])
+        for name, lv in rows:
+            ratio = ["", "", ""]
+            if ref and name == "genai-service":
+                other = ref[i]
+                ratio = [
+                    f"{lv.tokens_per_s / other.tokens_per_s:.2f}x",
+                    f"{lv.ttft_p50 / other.ttft_p50:.2f}x",
+                    f"{lv.itl_p50 / other.itl_p50:.2f}x",
+                ]
+            lines.append(
+                f"| {lv.concurrency} | {name} | {lv.tokens_per_s:.1f} | {lv.ttft_p50 * 1000:.0f} |"
+                f" {lv.ttft_p95 * 1000:.0f} | {lv.itl_p50 * 1000:.1f} | {' | '.join(ratio)} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[Level]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, levels in results.items():
+        xs = [lv.concurrency for lv in levels]
+        ax1.plot(xs, [lv.tokens_per_s for lv in levels], marker="o", label=name)
+        ax2.plot(xs, [lv.ttft_p50 * 1000 for lv in levels], marker="o", label=name)
+    ax1.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Aggregate throughput")
+    ax2.set(xlabel="concurrent streams", ylabel="ms", title="Time to first token (p50)")
+    ticks = next(iter(results.values()))
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([lv.concurrency for lv in ticks], [str(lv.concurrency) for lv in ticks])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    from genai_service.model_store import embedded_model_path
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--slots", type=int, default=None, help="default: max concurrency")
+    parser.add_argument("--ctx-per-slot", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=512, help="n_batch for both servers")
+    parser.add_argument("--skip-llama-server", action="store_true")
+    args = parser.parse_args()
+    args.model = args.model or embedded_model_path()
+    args.slots = args.slots or max(args.concurrency)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    binary = None if args.skip_llama_server else llama_server_binary()
+    print(
+        f"model {args.model.name}, threads {args.threads}, slots {args.slots}, ctx/slot "
+        f"{args.ctx_per_slot}, max_tokens {args.max_tokens}, streams {args.concurrency}",
+        flush=True,
+    )
+    results: dict[str, list[Level]] = {}
+    starters: list[tuple[str, Any]] = [("genai-service", lambda log: start_genai(args, log))]
+    if binary is not None:
+        starters.append(("llama-server", lambda log: start_llama_server(args, binary, log)))
+    for name, start in starters:
+        server = start(RESULTS / f"throughput-{stamp}-{name}.log")
+        try:
+            results[name] = asyncio.run(bench_server(server, args))
+        finally:
+            server.stop()
+
+    report = table(results)
+    print("\n" + report)
+    out = RESULTS / f"throughput-{stamp}.json"
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload = {
+        "settings": settings,
+        "llama_cpp_python": version("llama-cpp-python"),
+        "cpu_count": os.cpu_count(),
+        "results": {k: [asdict(lv) for lv in v] for k, v in results.items()},
+        "table": report,
+    }
+    out.write_text(json.dumps(payload, indent=2))
+    png = out.with_suffix(".png")
+    plot(results, png)
+    shutil.copyfile(out, RESULTS / "throughput-latest.json")
+    shutil.copyfile(png, RESULTS / "throughput-latest.png")
+    print(f"\nwrote {out} and {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""`/metrics`: Prometheus exposition of the service's counters, gauges and histograms."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from genai_service import metrics
+from genai_service.api.deps import State
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(state: State) -> Response:
+    # Point-in-time gauges are read now; counters and histograms were recorded as they happened.
+    pending = sum(getattr(e, "pending", 0) for e in state.engines.values())
+    metrics.QUEUE_DEPTH.set(state.limiter.waiting + pending)
+    for model_id, engine in state.engines.items():
+        metrics.ACTIVE_SEQUENCES.labels(model_id).set(engine.active)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,428 @@
+"""Continuous batching over llama.cpp's low-level API.
+
+One scheduler thread owns the llama context. Each step is one `llama_decode` of one batch: the
+next token of every running request (one row each) plus prompt chunks of requests still
+prefilling, at most `prefill_chunk` tokens of them while others decode, so a long prompt is
+prefilled in chunks and never stalls the running streams for long. Decoding is bound by memory
+bandwidth, so one step over many sequences costs little more than a step over one.
+
+- Each request owns a sequence id (its slot) with its own KV-cache region (llama.cpp stream,
+  `kv_unified=False`); finished or cancelled requests leave at once and their cells are freed
+  with `llama_memory_seq_rm`. New requests join between steps.
+- Prefix reuse: an extra sequence (the prefix store) keeps the KV of the last prompt; a new
+  request sharing its first tokens (a common system prompt) copies the store's region and
+  drops the tail instead of recomputing the prefix.
+- Each request has its own sampler chain (seeded, greedy at temperature 0).
+- Batch invariance (optional): llama.cpp's CPU kernels pick code paths by batch shape (a single
+  output row takes the vec-dot path, 64+ query rows tiled attention), and the paths round
+  differently. With `batch_invariant`, prompt chunks stay under 63 tokens and no step has a
+  single output row (a throw-away token of an idle sequence, or the second-to-last prompt token,
+  makes two), so a request's greedy output is the same batched or alone. The extra row costs a
+  lone stream up to half its speed on a CPU, hence off by default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from genai_service import metrics
+from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
+from genai_service.engines.text import StopDetector, Utf8Stream
+
+log = structlog.get_logger(__name__)
+
+Emit = Callable[[GenerationChunk | BaseException], None]
+
+_INVARIANT_CHUNK = 62  # prompt tokens per step; llama.cpp tiles attention from 64 rows on
+
+
+@dataclass(eq=False)
+class _Request:
+    tokens: list[int]
+    params: SamplingParams
+    cancel: Cancellation
+    emit: Emit
+    submitted: float = field(default_factory=time.perf_counter)
+    seq: int = -1
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    next_token: int = -1  # sampled, not yet decoded
+    sampler: Any = None
+    generated: int = 0
+    budget: int = 0
+    stops: StopDetector | None = None
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    last_token_at: float = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.tokens)
+
+
+class BatchScheduler:
+    """Runs every active generation of one model in shared llama.cpp batches."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        model_id: str,
+        n_ctx_per_slot: int,
+        n_parallel: int,
+        n_threads: int,
+        n_batch: int,
+        prefill_chunk: int,
+        prefix_cache: bool,
+        batch_invariant: bool = False,
+    ) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.model = model  # llama_cpp._internals.LlamaModel, kept alive while we run
+        self.vocab = model.vocab
+        self.model_id = model_id
+        self.n_parallel = n_parallel
+        self.prefix_cache = prefix_cache
+        self.batch_invariant = batch_invariant
+        chunk = min(prefill_chunk, n_batch)
+        self.prefill_chunk = max(2, min(chunk, _INVARIANT_CHUNK) if batch_invariant else chunk)
+        # Most tokens in one step: decode rows plus prompt chunks (one chunk when invariant).
+        self.step_tokens = (
+            max(self.prefill_chunk, n_parallel) if batch_invariant else max(n_batch, n_parallel)
+        )
+        # Sequences: the slots, then the scratch sequence, then the prefix store.
+        self._scratch_seq = n_parallel
+        self._store_seq = n_parallel + 1
+        self._store: list[int] = []
+        n_seq = n_parallel + 2
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_per_slot * n_seq
+        params.n_batch = self.step_tokens + 1  # + the scratch row
+        params.n_ubatch = params.n_batch if batch_invariant else min(512, params.n_batch)
+        params.n_seq_max = n_seq
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = False  # one KV region per sequence
+        params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if ctx is None:
+            raise RuntimeError("llama.cpp could not create a context")
+        self._ctx = ctx
+        self.n_ctx_per_slot = min(n_ctx_per_slot, llama_cpp.llama_n_ctx_seq(ctx))
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+        self._n = 0
+        self._piece = ctypes.create_string_buffer(256)
+        self._prefill_turn = False
+
+        self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._free_seqs = list(range(n_parallel - 1, -1, -1))
+        self._running: list[_Request] = []
+        self.pending = 0  # submitted, not yet given a slot
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="llama.cpp-batch", daemon=True)
+        self._thread.start()
+
+    # --- public, any thread ---------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return len(self._running) + self.pending
+
+    def submit(
+        self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
+    ) -> None:
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        with self._lock:
+            self.pending += 1
+        self._incoming.put(_Request(list(tokens), params, cancel, emit))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._incoming.put(None)
+        self._thread.join()
+        lc = self._lc
+        for req in list(self._running):
+            self._release(req)
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self._ctx)
+
+    # --- scheduler thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                if not self._admit():
+                    return
+                self._drop_cancelled()
+                if self._running:
+                    self._step()
+        except BaseException as exc:  # a bug here must not hang every waiting client
+            log.exception("batch_scheduler_failed")
+            self._closed = True
+            for req in self._running:
+                req.emit(exc)
+            self._running.clear()
+            while True:
+                try:
+                    item = self._incoming.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item.emit(exc)
+
+    def _admit(self) -> bool:
+        """Take new requests while slots are free; block only when nothing runs."""
+        while self._free_seqs:
+            try:
+                item = self._incoming.get(block=not self._running)
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            with self._lock:
+                self.pending -= 1
+            if item.cancel.cancelled:
+                continue
+            try:
+                self._start(item)
+            except Exception as exc:
+                item.emit(exc)
+        return True
+
+    def _start(self, req: _Request) -> None:
+        lc = self._lc
+        params = req.params
+        req.budget = min(params.max_tokens, self.n_ctx_per_slot - len(req.tokens))
+        req.stops = StopDetector(params.stop)
+        if req.budget <= 0 or not req.tokens:
+            self._finish(req, "length", "length")
+            return
+        req.seq = self._free_seqs.pop()
+        req.sampler = self._make_sampler(params)
+        self._running.append(req)
+        # Reuse the stored prefix; at least one prompt token is decoded to get logits.
+        if self.prefix_cache and self._store:
+            n = _common_prefix(self._store, req.tokens, len(req.tokens) - 1)
+            if n > 0:
+                # Regions are separate buffers: copy the whole store, then cut its tail.
+                lc.llama_memory_seq_cp(self._mem, self._store_seq, req.seq, -1, -1)
+                lc.llama_memory_seq_rm(self._mem, req.seq, n, -1)
+                req.n_past = n
+                metrics.PREFIX_REUSED_TOKENS.labels(self.model_id).inc(n)
+
+    def _make_sampler(self, params: SamplingParams) -> Any:
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if params.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        seed = params.seed if params.seed is not None else random.getrandbits(31)
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(40))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(0.05, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _drop_cancelled(self) -> None:
+        for req in [r for r in self._running if r.cancel.cancelled]:
+            self._release(req)
+            metrics.REQUESTS.labels(self.model_id, "cancelled").inc()
+
+    def _release(self, req: _Request) -> None:
+        """Leave the batch: free the sequence's cells, its sampler and its slot."""
+        if req in self._running:
+            self._running.remove(req)
+        if req.seq >= 0:
+            self._lc.llama_memory_seq_rm(self._mem, req.seq, -1, -1)
+            self._free_seqs.append(req.seq)
+            req.seq = -1
+        if req.sampler is not None:
+            self._lc.llama_sampler_free(req.sampler)
+            req.sampler = None
+
+    def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        batch, n = self._batch, self._n
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq
+        batch.logits[n] = logits
+        self._n = n + 1
+        return n
+
+    def _step(self) -> None:
+        decoding = [r for r in self._running if not r.prefilling]
+        prefilling = [r for r in self._running if r.prefilling]
+        if not self.batch_invariant:
+            self._mixed_step(decoding, prefilling)
+            return
+        # Invariant: decode steps and single prompt chunks alternate while both are waiting.
+        self._prefill_turn = not self._prefill_turn
+        if prefilling and (self._prefill_turn or not decoding):
+            self._prefill_step(prefilling[0])
+        else:
+            self._decode_step(decoding)
+
+    def _mixed_step(self, decoding: list[_Request], prefilling: list[_Request]) -> None:
+        """One batch: every decode row, then prompt chunks in arrival order (as llama-server);
+        while streams decode, prompts get at most `prefill_chunk` tokens of it."""
+        self._n = 0
+        outputs = []
+        for req in decoding:
+            outputs.append((req, self._add(req.next_token, req.n_past, req.seq, True)))
+            req.n_past += 1
+        room = self.step_tokens - self._n
+        if decoding:
+            room = min(room, self.prefill_chunk)
+        done = []
+        for req in prefilling:
+            if room <= 0:
+                break
+            end = min(req.n_past + room, len(req.tokens))
+            last = len(req.tokens) - 1
+            for pos in range(req.n_past, end):
+                idx = self._add(req.tokens[pos], pos, req.seq, pos == last)
+                if pos == last:
+                    outputs.append((req, idx))
+            room -= end - req.n_past
+            req.n_past = end
+            if not req.prefilling:
+                done.append(req)
+        self._run(outputs, prefilled=done)
+
+    def _decode_step(self, decoding: list[_Request]) -> None:
+        self._n = 0
+        outputs = []
+        for req in decoding:
+            outputs.append((req, self._add(req.next_token, req.n_past, req.seq, True)))
+            req.n_past += 1
+        lone = self.batch_invariant and len(outputs) == 1
+        self._run(outputs, scratch=decoding[0].seq if lone else None)
+
+    def _prefill_step(self, req: _Request) -> None:
+        self._n = 0
+        end = min(req.n_past + self.prefill_chunk, len(req.tokens))
+        last = len(req.tokens) - 1
+        outputs = []
+        for pos in range(req.n_past, end):
+            # Two output rows keep the logits on the multi-row path (batch invariance).
+            wanted = pos == last or (self.batch_invariant and pos == last - 1)
+            idx = self._add(req.tokens[pos], pos, req.seq, wanted)
+            if pos == last:
+                outputs.append((req, idx))
+        lone = self.batch_invariant and (end - req.n_past == 1 and end - 1 == last)
+        req.n_past = end
+        self._run(outputs, scratch=req.seq if lone else None, prefilled=[req])
+
+    def _run(
+        self,
+        outputs: list[tuple[_Request, int]],
+        *,
+        scratch: int | None = None,
+        prefilled: list[_Request] | None = None,
+    ) -> None:
+        """Decode the batch built so far and sample; `scratch`: add a throw-away row next to
+        the lone output row of this sequence."""
+        lc = self._lc
+        spare = -1
+        if scratch is not None:
+            # An idle sequence next to it: llama.cpp's graph spans every KV region between
+            # the lowest and highest sequence of a step, so a distant one costs time.
+            spare = min([*self._free_seqs, self._scratch_seq], key=lambda s: abs(s - scratch))
+            self._add(0, 0, spare, True)
+        self._batch.n_tokens = self._n
+        rc = lc.llama_decode(self._ctx, self._batch)
+        if spare >= 0:
+            lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
+        if rc != 0:
+            # No room in the KV cache (or a backend error): fail this step's requests only.
+            error = RuntimeError(f"llama_decode failed ({rc})")
+            failed = {r for r, _ in outputs} | set(prefilled or ())
+            for req in failed:
+                req.emit(error)
+                self._release(req)
+                metrics.REQUESTS.labels(self.model_id, "error").inc()
+            return
+        if self.prefix_cache:
+            for req in prefilled or ():
+                if not req.prefilling:
+                    self._remember_prefix(req)
+        now = time.perf_counter()
+        for req, idx in outputs:
+            token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
+            self._on_token(req, token, now)
+
+    def _remember_prefix(self, req: _Request) -> None:
+        # Keep the newest prompt's KV for the next request that starts the same way.
+        if req.tokens[: len(self._store)] == self._store and len(req.tokens) <= len(self._store):
+            return
+        lc = self._lc
+        lc.llama_memory_seq_cp(self._mem, req.seq, self._store_seq, -1, -1)
+        self._store = list(req.tokens)
+
+    def _on_token(self, req: _Request, token: int, now: float) -> None:
+        lc = self._lc
+        labels = (self.model_id,)
+        if req.generated == 0:
+            metrics.TTFT.labels(*labels).observe(now - req.submitted)
+        else:
+            metrics.ITL.labels(*labels).observe(now - req.last_token_at)
+        req.last_token_at = now
+        if lc.llama_vocab_is_eog(self.vocab, token):
+            self._finish(req, "stop", "stop")
+            return
+        req.generated += 1
+        metrics.GENERATED_TOKENS.labels(*labels).inc()
+        assert req.stops is not None
+        n = lc.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        text, hit = req.stops.feed(req.utf8.decode(self._piece.raw[: max(n, 0)]))
+        if text:
+            req.emit(GenerationChunk(text=text))
+        if hit:
+            self._finish(req, "stop", "stop", stopped_by_sequence=True)
+        elif req.generated >= req.budget:
+            self._finish(req, "length", "length")
+        else:
+            req.next_token = token
+
+    def _finish(
+        self, req: _Request, reason: str, outcome: str, *, stopped_by_sequence: bool = False
+    ) -> None:
+        assert req.stops is not None
+        tail = ""
+        if not stopped_by_sequence:
+            # Text held back as a possible stop-sequence start turned out not to be one.
+            tail, hit = req.stops.feed(req.utf8.flush())
+            if not hit:
+                tail += req.stops.flush()
+        self._release(req)
+        metrics.REQUESTS.labels(self.model_id, outcome).inc()
+        req.emit(
+            GenerationChunk(
+                text=tail,
+                finish_reason=reason,  # type: ignore[arg-type]
+                prompt_tokens=len(req.tokens),
+                completion_tokens=req.generated,
+            )
+        )
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the service, served on `/metrics`.
+
+Engines record tokens, latencies and outcomes as they happen; gauges that describe the
+current state (queue depth, active sequences) are read from the service state at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latency buckets in seconds, fine at the low end where CPU decode steps live.
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+QUEUE_DEPTH = Gauge("genai_queue_depth", "Requests waiting for a generation slot.")
+ACTIVE_SEQUENCES = Gauge(
+    "genai_active_sequences", "Generations running or admitted in the engine.", ["model"]
+)
+GENERATED_TOKENS = Counter("genai_generated_tokens", "Completion tokens generated.", ["model"])
+PREFIX_REUSED_TOKENS = Counter(
+    "genai_prefix_reused_tokens", "Prompt tokens taken from the prefix cache.", ["model"]
+)
+TTFT = Histogram(
+    "genai_time_to_first_token_seconds",
+    "From submission to the first generated token.",
+    ["model"],
+    buckets=_TTFT_BUCKETS,
+)
+ITL = Histogram(
+    "genai_inter_token_latency_seconds",
+    "Time between two generated tokens of one request.",
+    ["model"],
+    buckets=_ITL_BUCKETS,
+)
+REQUESTS = Counter(
+    "genai_requests",
+    "Finished generations by outcome: stop, length, cancelled, error.",
+    ["model", "outcome"],
+)
+REJECTED = Counter("genai_rejected_requests", "Requests refused with 429 (queue full or timeout).")

@@ -1,0 +1,152 @@
+"""Continuous batching on the real SmolLM2 GGUF: batched output equals solo output."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from genai_service import metrics
+from genai_service.engines.base import (
+    Cancellation,
+    ChatMessage,
+    Completion,
+    Prompt,
+    SamplingParams,
+    collect,
+)
+from genai_service.engines.llama_cpp import LlamaCppEngine
+from genai_service.model_store import embedded_model_path
+from tests.conftest import MODEL_ID, RunningServer
+
+# Different lengths; the last one is long enough to be prefilled in several chunks.
+PROMPTS = [
+    ("The capital of France is", 12),
+    ("def fibonacci(n):", 16),
+    ("List three colours:", 8),
+    ("Once upon a time, " + "in a land far away, there lived a wise old owl who " * 6, 12),
+]
+# One thread: OpenMP barriers crawl when other work shares the cores.
+OPTIONS = {"n_ctx": 512, "n_threads": 1, "batch_invariant": True}
+
+
+@pytest.fixture(scope="module")
+async def engine() -> AsyncIterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(embedded_model_path(), n_ctx=512, n_parallel=4, batch_invariant=True)
+    await engine.load()
+    yield engine
+    await engine.close()
+
+
+def greedy(max_tokens: int, stop: tuple[str, ...] = ()) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
+
+
+async def wait_idle(engine: LlamaCppEngine) -> None:
+    for _ in range(500):
+        if engine.active == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"engine still has {engine.active} active sequences")
+
+
+async def test_batched_equals_alone_with_late_joiner(engine: LlamaCppEngine) -> None:
+    prompts = [await engine.text_prompt(text) for text, _ in PROMPTS]
+    assert len(prompts[-1].token_ids) > 62  # several prefill chunks
+    alone = [
+        await collect(engine.stream(p, greedy(n)))
+        for p, (_, n) in zip(prompts, PROMPTS, strict=True)
+    ]
+
+    async def late(prompt: Prompt, n: int) -> Completion:
+        await asyncio.sleep(0.3)  # joins while the others are decoding
+        return await collect(engine.stream(prompt, greedy(n)))
+
+    jobs = [
+        collect(engine.stream(p, greedy(n)))
+        for p, (_, n) in zip(prompts[:-1], PROMPTS, strict=False)
+    ]
+    batched = await asyncio.gather(*jobs, late(prompts[-1], PROMPTS[-1][1]))
+    for solo, together in zip(alone, batched, strict=True):
+        assert together.text == solo.text and solo.text
+        assert together.completion_tokens == solo.completion_tokens
+        assert together.prompt_tokens == solo.prompt_tokens
+        assert together.finish_reason == solo.finish_reason
+    await wait_idle(engine)
+
+
+async def test_shared_system_prompt_is_reused(engine: LlamaCppEngine) -> None:
+    system = ChatMessage("system", "You are a terse assistant. " * 8)
+    first = await engine.chat_prompt([system, ChatMessage("user", "Name a fruit.")])
+    second = await engine.chat_prompt([system, ChatMessage("user", "Name a colour.")])
+    reused = metrics.PREFIX_REUSED_TOKENS.labels(engine.info.id)
+    await collect(engine.stream(first, greedy(4)))
+    before = reused._value.get()
+    warm = await collect(engine.stream(second, greedy(4)))
+    assert reused._value.get() - before >= 60  # the system turn came from the cache
+    # The same prompt on a cold cache gives the same text.
+    cold = LlamaCppEngine(embedded_model_path(), n_parallel=1, prefix_cache=False, **OPTIONS)  # type: ignore[arg-type]
+    await cold.load()
+    try:
+        assert (await collect(cold.stream(second, greedy(4)))).text == warm.text
+    finally:
+        await cold.close()
+
+
+async def test_cancel_mid_batch_frees_the_slot(engine: LlamaCppEngine) -> None:
+    prompts = [await engine.text_prompt(text) for text, _ in PROMPTS[:3]]
+    solo = await collect(engine.stream(prompts[1], greedy(10)))
+    cancel = Cancellation()
+
+    async def cancelled() -> int:
+        pieces = 0
+        async for _ in engine.stream(prompts[0], greedy(400), cancel):
+            pieces += 1
+            if pieces == 3:
+                cancel.cancel()
+                break
+        return pieces
+
+    pieces, other = await asyncio.gather(
+        cancelled(), collect(engine.stream(prompts[1], greedy(10)))
+    )
+    assert pieces == 3
+    assert other.text == solo.text  # its neighbour leaving did not disturb it
+    await wait_idle(engine)
+    # Every slot is usable again: a full batch of n_parallel requests completes.
+    done = await asyncio.gather(
+        *(collect(engine.stream(prompts[2], greedy(3))) for _ in range(engine.n_parallel))
+    )
+    assert all(d.completion_tokens == 3 for d in done)
+
+
+async def test_stop_sequences_within_a_batch(engine: LlamaCppEngine) -> None:
+    prompt = await engine.text_prompt("def fibonacci(n):")
+    full = await collect(engine.stream(prompt, greedy(16)))
+    assert "return" in full.text
+    stopped, unstopped = await asyncio.gather(
+        collect(engine.stream(prompt, greedy(16, stop=("return",)))),
+        collect(engine.stream(prompt, greedy(16))),
+    )
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.index("return")]
+    assert unstopped.text == full.text
+
+
+def test_metrics_endpoint(server: RunningServer) -> None:
+    client = server.openai()
+    client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=3, temperature=0)
+    with server.http() as http:
+        response = http.get("/metrics")
+    assert response.status_code == 200
+    body = response.text
+    for name in (
+        "genai_queue_depth",
+        "genai_active_sequences",
+        "genai_generated_tokens_total",
+        "genai_time_to_first_token_seconds_bucket",
+        "genai_inter_token_latency_seconds_bucket",
+        f'genai_requests_total{{model="{MODEL_ID}",outcome="length"}}',
+    ):
+        assert name in body, name
