@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint format clean bench-onnx bench-throughput
+.PHONY: install serve test lint format clean bench-onnx bench-throughput bench-images
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is needed")'
@@ -41,6 +41,10 @@ format: install
 # FP32 against INT8 ONNX embeddings: size, latency, throughput, quality (bench/onnx).
 bench-onnx: install
 	$(BIN)/python bench/onnx/run.py --json bench/onnx/results.json
+
+# Container images: cold build, code-change rebuild, size, start to ready (see bench/images).
+bench-images: install
+	$(BIN)/python bench/images/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
         "N_PARALLEL (+1 with the prefix cache) times it.",
     )
     n_batch: int = Field(512, ge=1, description="Tokens decoded per batch step (at most).")
+    n_gpu_layers: int = Field(
+        0, ge=-1, description="Layers offloaded to the GPU (-1: all); needs the CUDA image."
+    )
     # --- continuous batching ---
     n_parallel: int = Field(4, ge=1, description="Slots: sequences decoded together in one batch.")
     prefill_chunk: int = Field(

@@ -123,6 +123,7 @@ def create_model(spec: ModelSpec, settings: Settings) -> Engine | EmbeddingEngin
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
+        n_gpu_layers=settings.n_gpu_layers,
         n_parallel=settings.n_parallel,
         prefill_chunk=settings.prefill_chunk,
         prefix_cache=settings.prefix_cache,

@@ -42,6 +42,7 @@ class LlamaCppEngine:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         n_batch: int = 512,
+        n_gpu_layers: int = 0,
         n_parallel: int = 4,
         prefill_chunk: int = 256,
         prefix_cache: bool = True,
@@ -51,6 +52,7 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_batch = n_batch
+        self.n_gpu_layers = n_gpu_layers  # > 0 or -1 (all) needs a CUDA/Metal build of llama.cpp
         self.n_parallel = n_parallel
         self.prefill_chunk = prefill_chunk
         self.prefix_cache = prefix_cache
@@ -80,6 +82,13 @@ class LlamaCppEngine:
     async def load(self) -> None:
         await asyncio.to_thread(self._load_sync)
 
+    def _model_params(self, llama_cpp: Any) -> Any:
+        params = llama_cpp.llama_model_default_params()
+        if self.n_gpu_layers:
+            # -1: every layer (llama.cpp reads any count above the model's as "all").
+            params.n_gpu_layers = 0x7FFFFFFF if self.n_gpu_layers < 0 else self.n_gpu_layers
+        return params
+
     def _load_sync(self) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaModel
@@ -94,7 +103,7 @@ class LlamaCppEngine:
         llama_cpp.llama_backend_init()
         model = LlamaModel(
             path_model=str(self.model_path),
-            params=llama_cpp.llama_model_default_params(),
+            params=self._model_params(llama_cpp),
             verbose=False,
         )
         template = model.metadata().get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
