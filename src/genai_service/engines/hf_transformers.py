@@ -8,7 +8,8 @@ when a GPU is visible and on the CPU otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+import functools
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from genai_service.engines.base import (
     Prompt,
     SamplingParams,
 )
-from genai_service.engines.onnx import _run_on_thread
-from genai_service.engines.text import IncrementalDetokenizer, StopDetector
+from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
+from genai_service.engines.worker import Emit, stream_from_worker
 
 
 def pick_device(device: str) -> str:
@@ -119,8 +120,11 @@ class TransformersEngine:
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
-        async for chunk in _run_on_thread(
-            self._executor, self._generate_sync, prompt, params, cancel or Cancellation()
+        cancel = cancel or Cancellation()
+        loop = asyncio.get_running_loop()
+        work = functools.partial(self._generate_sync, prompt, params, cancel)
+        async for chunk in stream_from_worker(
+            lambda emit: loop.run_in_executor(self._executor, work, emit), cancel
         ):
             yield chunk
 
@@ -129,7 +133,7 @@ class TransformersEngine:
         prompt: Prompt,
         params: SamplingParams,
         cancel: Cancellation,
-        emit: Callable[[GenerationChunk | BaseException], None],
+        emit: Emit,
     ) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -141,37 +145,32 @@ class TransformersEngine:
                 raise RuntimeError("engine is not loaded")
             n_prompt = len(prompt.token_ids)
             budget = min(params.max_tokens, self.n_ctx - n_prompt)
-            stops = StopDetector(params.stop)
-            detok = IncrementalDetokenizer(
-                lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)
+            reply = ReplyAssembler(
+                params.stop,
+                IncrementalDetokenizer(
+                    lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)
+                ),
+                self._eos,
+                emit,
             )
-            state = {"generated": 0, "finish": "length", "hit": False, "prompt_seen": False}
-            eos = self._eos
+            prompt_seen = False
 
             class Streamer(BaseStreamer):
                 def put(self, value: Any) -> None:
-                    if not state["prompt_seen"]:  # generate() hands over the prompt first
-                        state["prompt_seen"] = True
+                    nonlocal prompt_seen
+                    if not prompt_seen:  # generate() hands over the prompt first
+                        prompt_seen = True
                         return
                     for token in value.reshape(-1).tolist():
-                        if state["hit"] or state["finish"] == "stop":
+                        if reply.done or reply.push(int(token)):
                             return
-                        if token in eos:
-                            state["finish"] = "stop"
-                            return
-                        state["generated"] += 1
-                        text, hit = stops.feed(detok.push(int(token)))
-                        if text:
-                            emit(GenerationChunk(text=text))
-                        if hit:
-                            state["hit"], state["finish"] = True, "stop"
 
                 def end(self) -> None:
                     pass
 
             class Stop(StoppingCriteria):
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                    done = cancel.cancelled or bool(state["hit"])
+                    done = cancel.cancelled or reply.done
                     return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
             if params.seed is not None:
@@ -192,23 +191,11 @@ class TransformersEngine:
                         stopping_criteria=StoppingCriteriaList([Stop()]),
                         pad_token_id=self._tokenizer.pad_token_id
                         if self._tokenizer.pad_token_id is not None
-                        else next(iter(eos), 0),
+                        else next(iter(self._eos), 0),
                     )
             if cancel.cancelled:
                 return
-            tail = ""
-            if not state["hit"]:
-                tail, hit = stops.feed(detok.flush())
-                if not hit:
-                    tail += stops.flush()
-            emit(
-                GenerationChunk(
-                    text=tail,
-                    finish_reason=state["finish"],  # type: ignore[arg-type]
-                    prompt_tokens=n_prompt,
-                    completion_tokens=int(state["generated"]),
-                )
-            )
+            emit(reply.final(n_prompt))
         except BaseException as exc:
             emit(exc)
         finally:

@@ -22,6 +22,7 @@ from genai_service.engines.base import (
     Prompt,
     SamplingParams,
 )
+from genai_service.engines.worker import Emit, stream_from_worker
 
 # ChatML, for GGUF files that carry no chat template of their own.
 _FALLBACK_TEMPLATE = (
@@ -163,23 +164,11 @@ class LlamaCppEngine:
         scheduler = self._scheduler
         if scheduler is None:
             raise RuntimeError("engine is not loaded")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
         cancel = cancel or Cancellation()
 
-        def emit(item: GenerationChunk | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        def start(emit: Emit) -> None:
+            # The scheduler drops a cancelled request before its next step.
+            scheduler.submit(prompt.token_ids, params, cancel, emit)
 
-        scheduler.submit(prompt.token_ids, params, cancel, emit)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            # The consumer went away (client disconnect) or finished: the scheduler drops
-            # the request before its next step.
-            cancel.cancel()
+        async for chunk in stream_from_worker(start, cancel):
+            yield chunk

@@ -8,10 +8,10 @@ small. Models come from `genai-service models export-onnx` (see `onnx_export`): 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,8 @@ from genai_service.engines.base import (
     SamplingParams,
 )
 from genai_service.engines.onnx_export import FP32_FILE, INT8_FILE
-from genai_service.engines.text import IncrementalDetokenizer, StopDetector
+from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
+from genai_service.engines.worker import Emit, stream_from_worker
 
 Precision = Literal["int8", "fp32"]
 
@@ -255,8 +256,11 @@ class OnnxCausalLMEngine:
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
-        async for chunk in _run_on_thread(
-            self._executor, self._generate_sync, prompt, params, cancel or Cancellation()
+        cancel = cancel or Cancellation()
+        loop = asyncio.get_running_loop()
+        work = functools.partial(self._generate_sync, prompt, params, cancel)
+        async for chunk in stream_from_worker(
+            lambda emit: loop.run_in_executor(self._executor, work, emit), cancel
         ):
             yield chunk
 
@@ -265,7 +269,7 @@ class OnnxCausalLMEngine:
         prompt: Prompt,
         params: SamplingParams,
         cancel: Cancellation,
-        emit: Callable[[GenerationChunk | BaseException], None],
+        emit: Emit,
     ) -> None:
         import numpy as np
 
@@ -286,15 +290,19 @@ class OnnxCausalLMEngine:
                 )
                 for name, shape in self._past
             }
-            detok = IncrementalDetokenizer(
-                lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True)
+            reply = ReplyAssembler(
+                params.stop,
+                IncrementalDetokenizer(
+                    lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True)
+                ),
+                self._eos,
+                emit,
             )
-            stops = StopDetector(params.stop)
-            step_ids, generated, finish, hit = ids, 0, "length", False
-            while generated < budget:
+            step_ids = ids
+            while reply.generated < budget:
                 if cancel.cancelled:
                     return
-                total = n_prompt + generated
+                total = n_prompt + reply.generated
                 feed = {"input_ids": np.array([step_ids], dtype=np.int64), **past}
                 if "attention_mask" in self._inputs:
                     feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
@@ -306,30 +314,10 @@ class OnnxCausalLMEngine:
                 # Outputs after logits are present.N.key/value, in the order of the inputs.
                 past = {name: outputs[1 + i] for i, (name, _) in enumerate(self._past)}
                 token = _sample(logits, params, rng)
-                if token in self._eos:
-                    finish = "stop"
-                    break
-                generated += 1
-                text, hit = stops.feed(detok.push(token))
-                if text:
-                    emit(GenerationChunk(text=text))
-                if hit:
-                    finish = "stop"
+                if reply.push(token):
                     break
                 step_ids = [token]
-            tail = ""
-            if not hit:
-                tail, hit = stops.feed(detok.flush())
-                if not hit:
-                    tail += stops.flush()
-            emit(
-                GenerationChunk(
-                    text=tail,
-                    finish_reason=finish,  # type: ignore[arg-type]
-                    prompt_tokens=n_prompt,
-                    completion_tokens=generated,
-                )
-            )
+            emit(reply.final(n_prompt))
         except BaseException as exc:
             emit(exc)
         finally:
@@ -388,37 +376,3 @@ def _eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
     if isinstance(eos, str) and (token := tokenizer.token_to_id(eos)) is not None:
         ids.add(token)
     return ids
-
-
-async def _run_on_thread(
-    executor: ThreadPoolExecutor,
-    work: Callable[..., None],
-    prompt: Prompt,
-    params: SamplingParams,
-    cancel: Cancellation,
-) -> AsyncIterator[GenerationChunk]:
-    """Run a blocking generator loop on `executor`, passing chunks back through a queue."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
-
-    def emit(item: GenerationChunk | BaseException) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    future = loop.run_in_executor(executor, work, prompt, params, cancel, emit)
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason is not None:
-                return
-    finally:
-        # The consumer went away (client disconnect) or finished: stop the worker now.
-        cancel.cancel()
-        future.add_done_callback(_consume_exception)
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    with contextlib.suppress(BaseException):
-        future.exception()

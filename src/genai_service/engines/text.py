@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
+from typing import Protocol
+
+from genai_service.engines.base import FinishReason, GenerationChunk
 
 
 class StopDetector:
@@ -80,3 +83,62 @@ class IncrementalDetokenizer:
         text = self._decode(self._ids)
         piece, self._emitted = text[self._emitted :], len(text)
         return piece
+
+
+class Detokenizer(Protocol):
+    def push(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
+class ReplyAssembler:
+    """Turns sampled token ids into emitted text pieces, and the final chunk with usage.
+
+    One place for what every token-level engine does per token: end-of-turn tokens, counting,
+    incremental detokenizing and stop sequences.
+    """
+
+    def __init__(
+        self,
+        stops: Iterable[str],
+        detokenizer: Detokenizer,
+        eos: Container[int],
+        emit: Callable[[GenerationChunk], None],
+    ) -> None:
+        self._stops = StopDetector(stops)
+        self._detokenizer = detokenizer
+        self._eos = eos
+        self._emit = emit
+        self._stopped_by_sequence = False
+        self.finish: FinishReason = "length"
+        self.generated = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish == "stop"
+
+    def push(self, token_id: int) -> bool:
+        """Take one sampled token; True once the reply is over (end of turn or a stop)."""
+        if token_id in self._eos:
+            self.finish = "stop"
+            return True
+        self.generated += 1
+        text, hit = self._stops.feed(self._detokenizer.push(token_id))
+        if text:
+            self._emit(GenerationChunk(text=text))
+        if hit:
+            self.finish, self._stopped_by_sequence = "stop", True
+        return hit
+
+    def final(self, prompt_tokens: int) -> GenerationChunk:
+        tail = ""
+        if not self._stopped_by_sequence:
+            # Text held back as a possible stop-sequence start turned out not to be one.
+            tail, hit = self._stops.feed(self._detokenizer.flush())
+            if not hit:
+                tail += self._stops.flush()
+        return GenerationChunk(
+            text=tail,
+            finish_reason=self.finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=self.generated,
+        )
