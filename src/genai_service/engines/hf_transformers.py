@@ -8,8 +8,7 @@ when a GPU is visible and on the CPU otherwise.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from genai_service.engines.base import (
     SamplingParams,
 )
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
-from genai_service.engines.worker import Emit, stream_from_worker
+from genai_service.engines.worker import Emit, ExecutorEngine
 
 
 def pick_device(device: str) -> str:
@@ -34,7 +33,7 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class TransformersEngine:
+class TransformersEngine(ExecutorEngine):
     engine_name = "transformers"
 
     def __init__(
@@ -117,86 +116,69 @@ class TransformersEngine:
         )
         return Prompt(text=rendered, token_ids=ids, messages=tuple(messages))
 
-    async def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
-    ) -> AsyncIterator[GenerationChunk]:
-        cancel = cancel or Cancellation()
-        loop = asyncio.get_running_loop()
-        work = functools.partial(self._generate_sync, prompt, params, cancel)
-        async for chunk in stream_from_worker(
-            lambda emit: loop.run_in_executor(self._executor, work, emit), cancel
-        ):
-            yield chunk
-
-    def _generate_sync(
+    def _decode(
         self,
         prompt: Prompt,
         params: SamplingParams,
         cancel: Cancellation,
         emit: Emit,
-    ) -> None:
+    ) -> GenerationChunk | None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        self.active += 1
-        try:
-            if self._model is None:
-                raise RuntimeError("engine is not loaded")
-            n_prompt = len(prompt.token_ids)
-            budget = min(params.max_tokens, self.n_ctx - n_prompt)
-            reply = ReplyAssembler(
-                params.stop,
-                IncrementalDetokenizer(
-                    lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)
-                ),
-                self._eos,
-                emit,
-            )
-            prompt_seen = False
+        if self._model is None:
+            raise RuntimeError("engine is not loaded")
+        n_prompt = len(prompt.token_ids)
+        budget = min(params.max_tokens, self.n_ctx - n_prompt)
+        reply = ReplyAssembler(
+            params.stop,
+            IncrementalDetokenizer(
+                lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)
+            ),
+            self._eos,
+            emit,
+        )
+        prompt_seen = False
 
-            class Streamer(BaseStreamer):
-                def put(self, value: Any) -> None:
-                    nonlocal prompt_seen
-                    if not prompt_seen:  # generate() hands over the prompt first
-                        prompt_seen = True
+        class Streamer(BaseStreamer):
+            def put(self, value: Any) -> None:
+                nonlocal prompt_seen
+                if not prompt_seen:  # generate() hands over the prompt first
+                    prompt_seen = True
+                    return
+                for token in value.reshape(-1).tolist():
+                    if reply.done or reply.push(int(token)):
                         return
-                    for token in value.reshape(-1).tolist():
-                        if reply.done or reply.push(int(token)):
-                            return
 
-                def end(self) -> None:
-                    pass
+            def end(self) -> None:
+                pass
 
-            class Stop(StoppingCriteria):
-                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                    done = cancel.cancelled or reply.done
-                    return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                done = cancel.cancelled or reply.done
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            sample = params.temperature > 0
-            if budget > 0:
-                input_ids = torch.tensor([prompt.token_ids], device=self._model.device)
-                with torch.inference_mode():
-                    self._model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        max_new_tokens=budget,
-                        do_sample=sample,
-                        temperature=params.temperature if sample else None,
-                        top_p=params.top_p if sample else None,
-                        top_k=None,
-                        streamer=Streamer(),
-                        stopping_criteria=StoppingCriteriaList([Stop()]),
-                        pad_token_id=self._tokenizer.pad_token_id
-                        if self._tokenizer.pad_token_id is not None
-                        else next(iter(self._eos), 0),
-                    )
-            if cancel.cancelled:
-                return
-            emit(reply.final(n_prompt))
-        except BaseException as exc:
-            emit(exc)
-        finally:
-            self.active -= 1
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sample = params.temperature > 0
+        if budget > 0:
+            input_ids = torch.tensor([prompt.token_ids], device=self._model.device)
+            with torch.inference_mode():
+                self._model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=budget,
+                    do_sample=sample,
+                    temperature=params.temperature if sample else None,
+                    top_p=params.top_p if sample else None,
+                    top_k=None,
+                    streamer=Streamer(),
+                    stopping_criteria=StoppingCriteriaList([Stop()]),
+                    pad_token_id=self._tokenizer.pad_token_id
+                    if self._tokenizer.pad_token_id is not None
+                    else next(iter(self._eos), 0),
+                )
+        if cancel.cancelled:
+            return None
+        return reply.final(n_prompt)

@@ -8,10 +8,9 @@ small. Models come from `genai-service models export-onnx` (see `onnx_export`): 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from genai_service.engines.base import (
 )
 from genai_service.engines.onnx_export import FP32_FILE, INT8_FILE
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
-from genai_service.engines.worker import Emit, stream_from_worker
+from genai_service.engines.worker import Emit, ExecutorEngine
 
 Precision = Literal["int8", "fp32"]
 
@@ -169,7 +168,7 @@ class OnnxEmbeddingEngine:
         return pooled.astype(np.float32), int(mask.sum())
 
 
-class OnnxCausalLMEngine:
+class OnnxCausalLMEngine(ExecutorEngine):
     """Causal-LM generation on ONNX Runtime with the KV cache fed back between steps."""
 
     engine_name = "onnx"
@@ -253,75 +252,58 @@ class OnnxCausalLMEngine:
         )
         return Prompt(text=rendered, token_ids=ids, messages=tuple(messages))
 
-    async def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
-    ) -> AsyncIterator[GenerationChunk]:
-        cancel = cancel or Cancellation()
-        loop = asyncio.get_running_loop()
-        work = functools.partial(self._generate_sync, prompt, params, cancel)
-        async for chunk in stream_from_worker(
-            lambda emit: loop.run_in_executor(self._executor, work, emit), cancel
-        ):
-            yield chunk
-
-    def _generate_sync(
+    def _decode(
         self,
         prompt: Prompt,
         params: SamplingParams,
         cancel: Cancellation,
         emit: Emit,
-    ) -> None:
+    ) -> GenerationChunk | None:
         import numpy as np
 
-        self.active += 1
-        try:
-            if self._session is None:
-                raise RuntimeError("engine is not loaded")
-            rng = np.random.default_rng(params.seed)
-            ids = list(prompt.token_ids)
-            n_prompt = len(ids)
-            budget = min(params.max_tokens, self.n_ctx - n_prompt)
-            past = {
-                name: np.zeros(
-                    [1 if not isinstance(d, int) else d for d in shape[:2]]
-                    + [0]
-                    + [d if isinstance(d, int) else 1 for d in shape[3:]],
-                    dtype=np.float32,
-                )
-                for name, shape in self._past
-            }
-            reply = ReplyAssembler(
-                params.stop,
-                IncrementalDetokenizer(
-                    lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True)
-                ),
-                self._eos,
-                emit,
+        if self._session is None:
+            raise RuntimeError("engine is not loaded")
+        rng = np.random.default_rng(params.seed)
+        ids = list(prompt.token_ids)
+        n_prompt = len(ids)
+        budget = min(params.max_tokens, self.n_ctx - n_prompt)
+        past = {
+            name: np.zeros(
+                [1 if not isinstance(d, int) else d for d in shape[:2]]
+                + [0]
+                + [d if isinstance(d, int) else 1 for d in shape[3:]],
+                dtype=np.float32,
             )
-            step_ids = ids
-            while reply.generated < budget:
-                if cancel.cancelled:
-                    return
-                total = n_prompt + reply.generated
-                feed = {"input_ids": np.array([step_ids], dtype=np.int64), **past}
-                if "attention_mask" in self._inputs:
-                    feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
-                if "position_ids" in self._inputs:
-                    start = total - len(step_ids)
-                    feed["position_ids"] = np.arange(start, total, dtype=np.int64)[None]
-                outputs = self._session.run(None, feed)
-                logits = outputs[0][0, -1]
-                # Outputs after logits are present.N.key/value, in the order of the inputs.
-                past = {name: outputs[1 + i] for i, (name, _) in enumerate(self._past)}
-                token = _sample(logits, params, rng)
-                if reply.push(token):
-                    break
-                step_ids = [token]
-            emit(reply.final(n_prompt))
-        except BaseException as exc:
-            emit(exc)
-        finally:
-            self.active -= 1
+            for name, shape in self._past
+        }
+        reply = ReplyAssembler(
+            params.stop,
+            IncrementalDetokenizer(
+                lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True)
+            ),
+            self._eos,
+            emit,
+        )
+        step_ids = ids
+        while reply.generated < budget:
+            if cancel.cancelled:
+                return None
+            total = n_prompt + reply.generated
+            feed = {"input_ids": np.array([step_ids], dtype=np.int64), **past}
+            if "attention_mask" in self._inputs:
+                feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
+            if "position_ids" in self._inputs:
+                start = total - len(step_ids)
+                feed["position_ids"] = np.arange(start, total, dtype=np.int64)[None]
+            outputs = self._session.run(None, feed)
+            logits = outputs[0][0, -1]
+            # Outputs after logits are present.N.key/value, in the order of the inputs.
+            past = {name: outputs[1 + i] for i, (name, _) in enumerate(self._past)}
+            token = _sample(logits, params, rng)
+            if reply.push(token):
+                break
+            step_ids = [token]
+        return reply.final(n_prompt)
 
 
 def _sample(logits: Any, params: SamplingParams, rng: Any) -> int:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from genai_service.engines.base import Cancellation, GenerationChunk
+from genai_service.engines.base import Cancellation, GenerationChunk, Prompt, SamplingParams
 
 Emit = Callable[[GenerationChunk | BaseException], None]
 
@@ -41,6 +43,49 @@ async def stream_from_worker(
         cancel.cancel()
         if future is not None:
             future.add_done_callback(_consume_exception)
+
+
+class ExecutorEngine:
+    """Base for engines whose generation loop runs on one dedicated worker thread.
+
+    Subclasses implement `_decode`: sample until done, emit text pieces, return the final chunk
+    (or None when cancelled). Counting, error hand-over and the bridge live here, once.
+    """
+
+    active: int = 0
+    _executor: ThreadPoolExecutor
+
+    def _decode(
+        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation, emit: Emit
+    ) -> GenerationChunk | None:
+        raise NotImplementedError
+
+    def _run(
+        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation, emit: Emit
+    ) -> None:
+        self.active += 1
+        try:
+            final: GenerationChunk | BaseException | None = self._decode(
+                prompt, params, cancel, emit
+            )
+        except BaseException as exc:  # handed to the awaiting coroutine, which re-raises
+            final = exc
+        finally:
+            # Counted down before the last chunk goes out, so a consumer that has it sees 0.
+            self.active -= 1
+        if final is not None:
+            emit(final)
+
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        cancel = cancel or Cancellation()
+        loop = asyncio.get_running_loop()
+        work = functools.partial(self._run, prompt, params, cancel)
+        async for chunk in stream_from_worker(
+            lambda emit: loop.run_in_executor(self._executor, work, emit), cancel
+        ):
+            yield chunk
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
