@@ -117,13 +117,14 @@ ARG APP_UID=10001
 RUN groupadd --gid "${APP_UID}" genai \
     && useradd --uid "${APP_UID}" --gid genai --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin genai \
-    && mkdir -p /models/cache \
-    && chown -R genai:genai /models
+    && mkdir -p /models/cache /data \
+    && chown -R genai:genai /models /data
 WORKDIR /app
 COPY --from=runtime-venv /opt/venv /opt/venv
 COPY --from=app /app /app
 # Models live on a volume; MODEL_CACHE_DIR on it receives hub downloads made at start-up.
-# Other caches go to /tmp (a tmpfs under Compose).
+# The embedded SQLite database goes to /data (a volume: the user has no home to write to);
+# other caches go to /tmp (a tmpfs under Compose).
 # EMBEDDING_MODEL: off, as the image has no ONNX Runtime (build with EXTRAS=onnx and mount an
 # exported folder to serve /v1/embeddings).
 ENV BUILD_ENV=PROD \
@@ -131,9 +132,10 @@ ENV BUILD_ENV=PROD \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_CACHE_DIR=/models/cache \
+    DATA_DIR=/data \
     XDG_CACHE_HOME=/tmp/cache \
     HF_HOME=/tmp/cache/huggingface
-VOLUME ["/models"]
+VOLUME ["/models", "/data"]
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER ${APP_UID}:${APP_UID}
 EXPOSE 8000
