@@ -38,15 +38,7 @@ def upgrade(
     database_url: UrlOption = None,
 ) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    from genai_service.storage import migrate
-
-    url = _url(database_url)
-    try:
-        migrate.upgrade(url, revision)
-    except Exception as exc:
-        console.print(f"[red]upgrade failed on {_safe(url)}: {exc}[/]")
-        raise typer.Exit(1) from None
-    console.print(f"{_safe(url)} is at revision {revision}")
+    _migrate("upgrade", revision, database_url)
 
 
 @db_app.command("downgrade")
@@ -55,13 +47,17 @@ def downgrade(
     database_url: UrlOption = None,
 ) -> None:
     """Revert migrations down to REVISION."""
+    _migrate("downgrade", revision, database_url)
+
+
+def _migrate(action: str, revision: str, database_url: str | None) -> None:
     from genai_service.storage import migrate
 
     url = _url(database_url)
     try:
-        migrate.downgrade(url, revision)
+        getattr(migrate, action)(url, revision)
     except Exception as exc:
-        console.print(f"[red]downgrade failed on {_safe(url)}: {exc}[/]")
+        console.print(f"[red]{action} failed on {_safe(url)}: {exc}[/]")
         raise typer.Exit(1) from None
     console.print(f"{_safe(url)} is at revision {revision}")
 

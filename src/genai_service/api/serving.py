@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 from fastapi import Request
@@ -85,6 +85,36 @@ def sampling_params(
         top_p=settings.default_top_p if top_p is None else top_p,
         stop=stop,
         seed=seed,
+    )
+
+
+class SamplingFields(Protocol):
+    """The sampling fields an OpenAI-style request body carries."""
+
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+
+    def stop_sequences(self) -> tuple[str, ...]: ...
+
+
+def request_sampling(
+    state: ServiceState,
+    engine: Engine,
+    prompt: Prompt,
+    body: SamplingFields,
+    max_tokens: int | None,
+) -> SamplingParams:
+    """`sampling_params` for a request body with temperature, top_p, stop and seed."""
+    return sampling_params(
+        state,
+        engine,
+        prompt,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_sequences(),
+        seed=body.seed,
     )
 
 

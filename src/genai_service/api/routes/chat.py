@@ -22,7 +22,7 @@ from genai_service.api.serving import (
     StreamFormat,
     admit,
     generate,
-    sampling_params,
+    request_sampling,
     sse_response,
     usage_of,
 )
@@ -38,16 +38,7 @@ async def chat_completions(
     engine = resolve_engine(state, body.model)
     messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
     prompt = await engine.chat_prompt(messages)
-    params = sampling_params(
-        state,
-        engine,
-        prompt,
-        max_tokens=body.token_limit(),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences(),
-        seed=body.seed,
-    )
+    params = request_sampling(state, engine, prompt, body, body.token_limit())
     lease = await admit(state)
     cid, created, model = new_id("chatcmpl"), now(), engine.info.id
 

@@ -18,7 +18,7 @@ from genai_service.api.serving import (
     StreamFormat,
     admit,
     generate,
-    sampling_params,
+    request_sampling,
     sse_response,
     usage_of,
 )
@@ -32,16 +32,7 @@ async def completions(
 ) -> JSONResponse | EventSourceResponse:
     engine = resolve_engine(state, body.model)
     prompt = await engine.text_prompt(body.prompt_text())
-    params = sampling_params(
-        state,
-        engine,
-        prompt,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences(),
-        seed=body.seed,
-    )
+    params = request_sampling(state, engine, prompt, body, body.max_tokens)
     lease = await admit(state)
     cid, created, model = new_id("cmpl"), now(), engine.info.id
     prefix = body.prompt_text() if body.echo else ""

@@ -22,7 +22,7 @@ from starlette.background import BackgroundTask
 from genai_service.api.deps import State, resolve_engine
 from genai_service.api.errors import APIError, error_body, model_not_found
 from genai_service.api.recording import GenerationRecorder
-from genai_service.api.serving import admit, generate, sampling_params, usage_of
+from genai_service.api.serving import admit, generate, request_sampling, usage_of
 from genai_service.api.storage_deps import StorageDep, database_errors
 from genai_service.api.storage_schemas import (
     ConversationDeleted,
@@ -245,16 +245,7 @@ async def post_message(
         prompt, dropped = await fit_history(
             engine, conversation.system_prompt, past, body.content, reserve
         )
-        params = sampling_params(
-            state,
-            engine,
-            prompt,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stop_sequences(),
-            seed=body.seed,
-        )
+        params = request_sampling(state, engine, prompt, body, body.max_tokens)
         lease = await admit(state)
         if body.stream:
             handed_over = True  # the stream releases the lock when it ends
