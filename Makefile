@@ -1,17 +1,22 @@
 # The two commands of the README: `make serve` (run the service) and `make test` (run the tests).
-# Both install what they need into .venv first; pip's cache keeps the llama.cpp build warm.
+# Both install what they need into .venv first. llama.cpp is compiled once by
+# scripts/llama-cpp-wheel.sh with portable flags (any x86-64 host, no -march=native) and kept
+# in ~/.cache/genai-service/wheels under a key of its flags; CMAKE_ARGS overrides the flags.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The stamp changes with the dependencies, the llama.cpp build script and CMAKE_ARGS.
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml scripts/llama-cpp-wheel.sh; echo "$$CMAKE_ARGS") | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .PHONY: install serve test lint format clean bench-onnx bench-throughput bench-images
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/llama-cpp-wheel.sh
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is needed")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	wheel="$$(PYTHON=$(BIN)/python scripts/llama-cpp-wheel.sh)" \
+		&& $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$wheel"
 	$(BIN)/python -m pip install --quiet -e '.[embedded,onnx,export,transformers,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
