@@ -7,7 +7,10 @@ each concurrency level and records time to first token, inter-token latency and 
 output tokens/s. Prints the table with the ratios, writes JSON and a PNG under bench/results/.
 
 `llama-server` is built from the llama.cpp copy vendored in the llama-cpp-python sdist of the
-installed version (the same source as the engine), into ~/.cache/genai-service/llama-server.
+installed version (the same source as the engine) with the engine's portable build flags
+(`scripts/llama-cpp-wheel.sh --flags`; CMAKE_ARGS overrides them, as for `make install`), into
+~/.cache/genai-service/llama-server/<version>-<hash of the flags>: a build made with other
+flags (an earlier -march=native one, say) is never reused.
 
     make bench-throughput            # or: .venv/bin/python bench/throughput/bench.py --help
 """
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -80,17 +85,34 @@ def llama_cpp_source(work: Path) -> Path:
     return tree
 
 
+def llama_cpp_flags() -> list[str]:
+    """The CMake flags the engine's llama.cpp is built with (one place: the wheel script)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "llama-cpp-wheel.sh"), "--flags"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return shlex.split(out.stdout)
+
+
 def llama_server_binary() -> Path:
     if env := os.environ.get("LLAMA_SERVER_BIN"):
         return Path(env)
-    build = CACHE / "llama-server" / version("llama-cpp-python") / "build"
+    cpu_flags = llama_cpp_flags()
+    key = hashlib.sha256(" ".join(cpu_flags).encode()).hexdigest()[:16]
+    build = CACHE / "llama-server" / f"{version('llama-cpp-python')}-{key}" / "build"
     binary = build / "bin" / "llama-server"
     if binary.is_file():
         return binary
     with tempfile.TemporaryDirectory() as work:
         source = llama_cpp_source(Path(work))
-        print(f"building llama-server from {source} (several minutes) ...", flush=True)
+        print(
+            f"building llama-server from {source} (several minutes) with {' '.join(cpu_flags)}",
+            flush=True,
+        )
         flags = [
+            *cpu_flags,
             "-DCMAKE_BUILD_TYPE=Release",
             "-DBUILD_SHARED_LIBS=OFF",
             "-DLLAMA_BUILD_SERVER=ON",
