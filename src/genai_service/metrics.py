@@ -38,3 +38,38 @@ REQUESTS = Counter(
     ["model", "outcome"],
 )
 REJECTED = Counter("genai_rejected_requests", "Requests refused with 429 (queue full or timeout).")
+ENGINE_CRASHES = Counter(
+    "genai_engine_crashes",
+    "Engine processes that died (signal or exit code), restarted by the supervisor.",
+    ["model", "cause"],
+)
+ENGINE_UP = Gauge(
+    "genai_engine_up", "1 while the model's engine process serves, 0 while it restarts.", ["model"]
+)
+
+
+class EngineRecorder:
+    """`record(kind, value)` for one model: what an engine's scheduler reports, into Prometheus.
+
+    The scheduler calls it in whichever process it runs; the engine process ships the calls to
+    the API process in batches, which replays them here.
+    """
+
+    def __init__(self, model: str) -> None:
+        self._ttft = TTFT.labels(model)
+        self._itl = ITL.labels(model)
+        self._tokens = GENERATED_TOKENS.labels(model)
+        self._prefix = PREFIX_REUSED_TOKENS.labels(model)
+        self._model = model
+
+    def __call__(self, kind: str, value: float | str) -> None:
+        if kind == "itl":
+            self._itl.observe(float(value))
+        elif kind == "tokens":
+            self._tokens.inc(float(value))
+        elif kind == "ttft":
+            self._ttft.observe(float(value))
+        elif kind == "prefix_reused":
+            self._prefix.inc(float(value))
+        elif kind == "outcome":
+            REQUESTS.labels(self._model, str(value)).inc()

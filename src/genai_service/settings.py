@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         "with (prompt steps under 63 tokens, two output rows per step); costs single-stream "
         "speed.",
     )
+    engine_process: bool = Field(
+        True,
+        description="Run the llama.cpp engine in its own supervised process: a native crash "
+        "fails the requests in flight, not the server, and the engine restarts by itself.",
+    )
     max_concurrent_generations: int | None = Field(
         None, ge=1, description="Generations running at once (default: N_PARALLEL)."
     )

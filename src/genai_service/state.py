@@ -46,5 +46,13 @@ class ServiceState:
             return None
         return self.embedders.get(self.aliases.get(name, name))
 
+    def engine_trouble(self) -> str | None:
+        """Why a loaded model cannot serve right now (its engine process restarts), if so."""
+        for model_id, engine in self.engines.items():
+            reason = getattr(engine, "unavailable", None)
+            if reason:
+                return f"model '{model_id}': {reason}"
+        return None
+
     def all_models(self) -> list[Engine | EmbeddingEngine]:
         return [*self.engines.values(), *self.embedders.values()]

@@ -8,7 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from genai_service.api.errors import APIError, model_not_found, not_ready, unauthorized
+from genai_service.api.errors import (
+    APIError,
+    engine_unavailable,
+    model_not_found,
+    not_ready,
+    unauthorized,
+)
 from genai_service.engines.base import EmbeddingEngine, Engine
 from genai_service.state import ServiceState
 
@@ -50,6 +56,9 @@ def resolve_engine(state: ServiceState, model: str | None) -> Engine:
         if state.find_embedder(model) is not None:
             raise wrong_kind(model or "", "an embedding model", "/v1/embeddings")
         raise model_not_found(model or "")
+    trouble = getattr(engine, "unavailable", None)
+    if trouble:
+        raise engine_unavailable(f"The model engine is unavailable: {trouble}.")
     return engine
 
 

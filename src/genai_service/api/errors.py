@@ -85,6 +85,11 @@ def not_ready(reason: str, retry_after: int = 5) -> APIError:
     )
 
 
+def engine_unavailable(message: str) -> APIError:
+    """The engine process crashed and restarts: a retry in a moment will be served."""
+    return APIError(503, message, code="engine_unavailable", headers={"Retry-After": "1"})
+
+
 def busy(retry_after: int) -> APIError:
     return APIError(
         429,

@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from genai_service import metrics
-from genai_service.api.errors import APIError, busy, error_body
+from genai_service.api.errors import APIError, busy, engine_unavailable, error_body
 from genai_service.api.recording import GenerationRecorder
 from genai_service.api.schemas import Usage
 from genai_service.engines.base import (
@@ -27,6 +27,7 @@ from genai_service.engines.base import (
     Completion,
     Engine,
     EngineHTTPError,
+    EngineUnavailable,
     GenerationChunk,
     Prompt,
     SamplingParams,
@@ -165,6 +166,10 @@ async def generate(
         except (APIError, EngineHTTPError):
             recorder.finish("error")
             raise  # EngineHTTPError: an upstream server's answer, passed on as it is
+        except EngineUnavailable as exc:
+            recorder.finish("error")
+            log.warning("generation_engine_unavailable", error=str(exc))
+            raise engine_unavailable(str(exc)) from None
         except Exception:
             recorder.finish("error")
             # Answered here (not by the last-resort handler) so the connection stays usable.
@@ -221,6 +226,10 @@ async def _sse_events(
         yield {"data": "[DONE]"}
     except asyncio.CancelledError:
         raise
+    except EngineUnavailable as exc:
+        status = "error"
+        log.warning("stream_engine_unavailable", error=str(exc))
+        yield {"data": json.dumps(engine_unavailable(str(exc)).body())}
     except Exception:
         status = "error"
         log.exception("stream_failed")

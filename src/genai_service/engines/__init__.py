@@ -128,6 +128,7 @@ def create_model(spec: ModelSpec, settings: Settings) -> Engine | EmbeddingEngin
         prefill_chunk=settings.prefill_chunk,
         prefix_cache=settings.prefix_cache,
         batch_invariant=settings.batch_invariant,
+        engine_process=settings.engine_process,
     )
 
 

@@ -28,6 +28,10 @@ class EngineHTTPError(EngineError):
         super().__init__(message)
 
 
+class EngineUnavailable(EngineError):
+    """The engine cannot generate right now (its process crashed and is restarting); retry."""
+
+
 class ContextLengthExceeded(EngineError):
     def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
         self.prompt_tokens = prompt_tokens

@@ -329,7 +329,7 @@ def _chat_template(model_dir: Path) -> tuple[Any, dict[str, str]]:
     """The model's own chat template (chat_template.jinja or tokenizer_config), else ChatML."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from genai_service.engines.llama_cpp import _FALLBACK_TEMPLATE
+    from genai_service.engines.llama_cpp import FALLBACK_TEMPLATE
 
     config = _read_json(model_dir / "tokenizer_config.json")
     source = model_dir / "chat_template.jinja"
@@ -341,7 +341,7 @@ def _chat_template(model_dir: Path) -> tuple[Any, dict[str, str]]:
         value = config.get(key)
         special[key] = value.get("content", "") if isinstance(value, dict) else (value or "")
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template or _FALLBACK_TEMPLATE), special
+    return env.from_string(template or FALLBACK_TEMPLATE), special
 
 
 def _eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:

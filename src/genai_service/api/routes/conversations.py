@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from genai_service.api.deps import State, resolve_engine
-from genai_service.api.errors import APIError, error_body, model_not_found
+from genai_service.api.errors import APIError, engine_unavailable, error_body, model_not_found
 from genai_service.api.recording import GenerationRecorder
 from genai_service.api.serving import admit, generate, request_sampling, usage_of
 from genai_service.api.storage_deps import StorageDep, database_errors
@@ -40,6 +40,7 @@ from genai_service.engines.base import (
     ChatMessage,
     Completion,
     Engine,
+    EngineUnavailable,
     GenerationChunk,
     Prompt,
 )
@@ -346,6 +347,9 @@ async def _stream_turn(
         raise
     except APIError as exc:
         yield {"data": json.dumps(exc.body())}
+    except EngineUnavailable as exc:
+        # The engine process crashed mid-turn: nothing was stored, the client may retry.
+        yield {"data": json.dumps(engine_unavailable(str(exc)).body())}
     except Exception:
         log.exception("conversation_stream_failed")
         yield {

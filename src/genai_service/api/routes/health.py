@@ -41,6 +41,11 @@ async def ready(state: State, request: Request) -> JSONResponse:
         for model_id, engine in [*state.engines.items(), *state.embedders.items()]
     }
     db_up, database = await _database(request)
+    trouble = state.engine_trouble() if state.ready else None
+    if trouble:
+        # An engine process crashed and restarts: out of the load balancer until it is back.
+        body = Health(status="unavailable", reason=trouble, models=models, database=database)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     if state.ready and db_up:
         return JSONResponse(Health(status="ok", models=models, database=database).model_dump())
     if state.ready and state.settings.completions_without_database:

@@ -1,39 +1,319 @@
-"""llama.cpp engine (llama-cpp-python): GGUF models on the CPU.
+"""llama.cpp engine (llama-cpp-python): GGUF models on the CPU, continuous batching.
 
-Generation runs in `llama_batch.BatchScheduler`: one thread owns the llama context and decodes
-every active request in one batch per step (continuous batching). The event loop only awaits
-results: tokens travel back through an asyncio queue, and a `Cancellation` flag makes the
-scheduler drop a request (and free its KV cells) before the next step.
+`LlamaCppEngine` is what the API process holds. It renders chat templates and tokenizes with a
+weights-free copy of the vocabulary, and hands generations to a core (`core.py`) that owns the
+weights and the batch scheduler:
+
+- `ProcessCore` (default, ENGINE_PROCESS=true): the core runs in a child process, as vLLM's
+  EngineCore and Ollama's runner do. A native fault there (SIGSEGV, SIGILL, OOM kill) ends every
+  in-flight request with a clean error, readiness turns 503 with the reason, and a supervisor
+  thread restarts the process with backoff; the API process never goes down with it.
+- `InProcessCore` (ENGINE_PROCESS=false): the same scheduler on a thread of this process.
+
+Tokens travel back in one message per scheduler step; the event loop only awaits results.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import itertools
+import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import structlog
+
+from genai_service import metrics
 from genai_service.engines.base import (
     Cancellation,
     ChatMessage,
+    EngineError,
+    EngineUnavailable,
     GenerationChunk,
     ModelInfo,
     Prompt,
     SamplingParams,
 )
+from genai_service.engines.llama_cpp import core
+from genai_service.engines.llama_cpp.core import CoreConfig, InProcessCore
 from genai_service.engines.worker import Emit, stream_from_worker
 
+log = structlog.get_logger(__name__)
+
 # ChatML, for GGUF files that carry no chat template of their own.
-_FALLBACK_TEMPLATE = (
+FALLBACK_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
+class Core(Protocol):
+    unavailable: str | None  # why generations cannot run right now; None when they can
+    n_ctx_per_slot: int
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def submit(
+        self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
+    ) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def describe_exit(code: int | None) -> str:
+    """ "SIGSEGV", "exit code 70", ... for a child's exit code."""
+    if code is None:
+        return "unknown exit"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class ProcessCore:
+    """The core in a supervised child process, reached over two pipes."""
+
+    BACKOFF_START = 0.25  # seconds before the first restart after a crash
+    BACKOFF_MAX = 30.0
+    STABLE_AFTER = 60.0  # a process that lived this long resets the backoff
+
+    def __init__(self, config: CoreConfig, record: metrics.EngineRecorder) -> None:
+        self._config = config
+        self._record = record
+        self._mp = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Emit] = {}
+        self._ids = itertools.count()
+        self._process: Any = None
+        self._commands: Connection | None = None
+        self._events: Connection | None = None
+        self._started_at = 0.0
+        self._backoff = self.BACKOFF_START
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self.unavailable: str | None = "starting"
+        self.n_ctx_per_slot = config.n_ctx
+        self.pending = 0
+        self.crashes = 0
+        self.system_info = ""
+
+    # --- API side -----------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the process and wait for its self-test; raises if it cannot serve."""
+        self._spawn()
+        self.unavailable = None
+        metrics.ENGINE_UP.labels(self._config.model_id).set(1)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="llama.cpp-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def submit(
+        self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
+    ) -> int:
+        params_wire = (
+            params.max_tokens,
+            params.temperature,
+            params.top_p,
+            params.stop,
+            params.seed,
+        )
+        with self._lock:
+            if self.unavailable is not None or self._commands is None:
+                raise EngineUnavailable(self._unavailable_message())
+            req_id = next(self._ids)
+            self._inflight[req_id] = emit
+            try:
+                self._commands.send(("submit", req_id, tokens, params_wire))
+            except OSError:
+                del self._inflight[req_id]
+                raise EngineUnavailable(self._unavailable_message()) from None
+        return req_id
+
+    def release(self, req_id: int) -> None:
+        """The consumer is done with a request: cancel it in the core if it still runs."""
+        with self._lock:
+            if self._inflight.pop(req_id, None) is None or self._commands is None:
+                return
+            # OSError: the process is gone; the supervisor deals with it.
+            with contextlib.suppress(OSError):
+                self._commands.send(("cancel", req_id))
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._lock:
+            commands, process = self._commands, self._process
+            inflight, self._inflight = self._inflight, {}
+            self.unavailable = "shutting down"
+        if commands is not None:
+            with contextlib.suppress(OSError):
+                commands.send(("stop",))
+        if process is not None:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        for emit in inflight.values():
+            emit(EngineUnavailable("The server is shutting down."))
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=10)
+        metrics.ENGINE_UP.labels(self._config.model_id).set(0)
+
+    def _unavailable_message(self) -> str:
+        return f"The model engine is unavailable: {self.unavailable or 'not started'}."
+
+    # --- process management -----------------------------------------------------------------
+    def _spawn(self) -> None:
+        commands_r, commands_w = self._mp.Pipe(duplex=False)
+        events_r, events_w = self._mp.Pipe(duplex=False)
+        process = self._mp.Process(
+            target=core.main,
+            args=(self._config, commands_r, events_w),
+            name=f"genai-engine[{self._config.model_id}]",
+            daemon=True,  # never outlives the API process
+        )
+        process.start()
+        # Only the child holds these ends now, so its death reads as EOF here.
+        commands_r.close()
+        events_w.close()
+        while True:
+            try:
+                message = events_r.recv()
+            except (EOFError, OSError):
+                process.join(timeout=5)
+                events_r.close()
+                commands_w.close()
+                raise RuntimeError(
+                    "the engine process died while loading the model and running its "
+                    f"self-test ({describe_exit(process.exitcode)}); if this is a llama.cpp "
+                    "built for another CPU, reinstall it with `make install` (portable flags)"
+                ) from None
+            if message[0] == "ready":
+                break
+            if message[0] == "failed":
+                process.join(timeout=5)
+                events_r.close()
+                commands_w.close()
+                raise RuntimeError(message[1])
+            # ("step", ...) before "ready": the self-test's metric records, not user traffic.
+        _, self.system_info, self.n_ctx_per_slot = message
+        with self._lock:
+            self._process, self._commands, self._events = process, commands_w, events_r
+        self._started_at = time.monotonic()
+        log.info("engine_process_ready", model=self._config.model_id, pid=process.pid)
+
+    def _supervise(self) -> None:
+        while not self._closing.is_set():
+            events = self._events
+            assert events is not None
+            try:
+                while True:
+                    self._dispatch(events.recv())
+            except (EOFError, OSError):
+                pass
+            if self._closing.is_set():
+                return
+            self._on_death()
+            while not self._closing.wait(self._backoff):
+                lived = time.monotonic() - self._started_at
+                try:
+                    self._spawn()
+                except Exception as exc:
+                    self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
+                    self.unavailable = (
+                        f"engine process failed to restart ({exc}); "
+                        f"retrying in {self._backoff:.0f} s"
+                    )
+                    log.error("engine_restart_failed", model=self._config.model_id, error=str(exc))
+                    continue
+                # A process that crashes again soon after a restart waits longer next time.
+                if lived > self.STABLE_AFTER:
+                    self._backoff = self.BACKOFF_START
+                else:
+                    self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
+                self.unavailable = None
+                metrics.ENGINE_UP.labels(self._config.model_id).set(1)
+                log.info("engine_process_restarted", model=self._config.model_id)
+                break
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        _, events, records, self.pending = message
+        for kind, value in records:
+            self._record(kind, value)
+        for req_id, text, finish, prompt_tokens, completion_tokens in events:
+            if finish is None:
+                emit = self._inflight.get(req_id)
+            else:
+                with self._lock:
+                    emit = self._inflight.pop(req_id, None)
+            if emit is None:
+                continue  # released by its consumer (cancelled)
+            if text is None:
+                emit(EngineError(prompt_tokens))  # the core's error message
+            else:
+                emit(GenerationChunk(text, finish, prompt_tokens, completion_tokens))
+
+    def _on_death(self) -> None:
+        process = self._process
+        process.join(timeout=5)
+        cause = describe_exit(process.exitcode)
+        with self._lock:
+            self.unavailable = f"engine process died ({cause}); restarting"
+            inflight, self._inflight = self._inflight, {}
+            for conn in (self._commands, self._events):
+                if conn is not None:
+                    conn.close()
+            self._commands = self._events = None
+            self.pending = 0
+        self.crashes += 1
+        model = self._config.model_id
+        metrics.ENGINE_CRASHES.labels(model, cause).inc()
+        metrics.ENGINE_UP.labels(model).set(0)
+        for _ in inflight:
+            self._record("outcome", "error")
+        log.error(
+            "engine_process_died",
+            model=model,
+            cause=cause,
+            exit_code=process.exitcode,
+            pid=process.pid,
+            in_flight=len(inflight),
+        )
+        error = EngineUnavailable(
+            f"The model engine stopped unexpectedly ({cause}) and is restarting; retry the request."
+        )
+        for emit in inflight.values():
+            emit(error)
+
+
 class LlamaCppEngine:
     engine_name = "llama.cpp"
+    warmup = False  # the core's self-test (a real prompt, several tokens) runs at every start
 
     def __init__(
         self,
@@ -48,16 +328,13 @@ class LlamaCppEngine:
         prefill_chunk: int = 256,
         prefix_cache: bool = True,
         batch_invariant: bool = False,
+        engine_process: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
         self.n_threads = n_threads or os.cpu_count() or 1
-        self.n_batch = n_batch
-        self.n_gpu_layers = n_gpu_layers  # > 0 or -1 (all) needs a CUDA/Metal build of llama.cpp
         self.n_parallel = n_parallel
-        self.prefill_chunk = prefill_chunk
-        self.prefix_cache = prefix_cache
-        self.batch_invariant = batch_invariant
+        self.engine_process = engine_process
         self.info = ModelInfo(
             id=model_id or self.model_path.stem,
             engine=self.engine_name,
@@ -65,82 +342,79 @@ class LlamaCppEngine:
             created=int(self.model_path.stat().st_mtime) if self.model_path.exists() else 0,
             path=str(self.model_path),
         )
-        self._model: Any = None
+        self.config = CoreConfig(
+            model_path=str(self.model_path),
+            model_id=self.info.id,
+            n_ctx=n_ctx,
+            n_threads=self.n_threads,
+            n_batch=n_batch,
+            n_gpu_layers=n_gpu_layers,  # > 0 or -1 (all) needs a CUDA/Metal build of llama.cpp
+            n_parallel=n_parallel,
+            prefill_chunk=prefill_chunk,
+            prefix_cache=prefix_cache,
+            batch_invariant=batch_invariant,
+        )
+        self._vocab: Any = None
         self._formatter: Any = None
-        self._scheduler: Any = None
+        self.core: Core | None = None
 
     @property
     def active(self) -> int:
         """Requests running in (or handed to) the batch scheduler right now."""
-        return self._scheduler.active if self._scheduler is not None else 0
+        return self.core.active if self.core is not None else 0
 
     @property
     def pending(self) -> int:
         """Requests handed to the scheduler that wait for a free slot."""
-        return self._scheduler.pending if self._scheduler is not None else 0
+        return self.core.pending if self.core is not None else 0
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why this loaded engine cannot generate right now (its process is restarting)."""
+        return self.core.unavailable if self.core is not None else None
 
     # --- lifecycle -----------------------------------------------------------------------
     async def load(self) -> None:
-        await asyncio.to_thread(self._load_sync)
+        await asyncio.to_thread(self._load_vocab)
+        record = metrics.EngineRecorder(self.info.id)
+        engine_core: Core = (
+            ProcessCore(self.config, record)
+            if self.engine_process
+            else InProcessCore(self.config, record)
+        )
+        await asyncio.to_thread(engine_core.start)
+        self.core = engine_core
+        if engine_core.n_ctx_per_slot < self.info.context_length:
+            # What the scheduler enforces is what the API checks requests against.
+            self.info = dataclasses.replace(self.info, context_length=engine_core.n_ctx_per_slot)
 
-    def _model_params(self, llama_cpp: Any) -> Any:
-        params = llama_cpp.llama_model_default_params()
-        if self.n_gpu_layers:
-            # -1: every layer (llama.cpp reads any count above the model's as "all").
-            params.n_gpu_layers = 0x7FFFFFFF if self.n_gpu_layers < 0 else self.n_gpu_layers
-        return params
-
-    def _load_sync(self) -> None:
-        import llama_cpp
-        from llama_cpp._internals import LlamaModel
-        from llama_cpp._logger import set_verbose
+    def _load_vocab(self) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from genai_service.engines.llama_batch import BatchScheduler
-
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"model file not found: {self.model_path}")
-        set_verbose(False)  # llama.cpp logs every context and graph detail otherwise
-        llama_cpp.llama_backend_init()
-        model = LlamaModel(
-            path_model=str(self.model_path),
-            params=self._model_params(llama_cpp),
-            verbose=False,
-        )
-        template = model.metadata().get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
-        eos, bos = model.token_eos(), model.token_bos()
+        vocab = core.load_model(self.model_path, vocab_only=True)
+        template = vocab.metadata().get("tokenizer.chat_template") or FALLBACK_TEMPLATE
+        eos, bos = vocab.token_eos(), vocab.token_bos()
         self._formatter = Jinja2ChatFormatter(
             template=template,
-            eos_token=model.token_get_text(eos) if eos != -1 else "",
-            bos_token=model.token_get_text(bos) if bos != -1 else "",
+            eos_token=vocab.token_get_text(eos) if eos != -1 else "",
+            bos_token=vocab.token_get_text(bos) if bos != -1 else "",
             add_generation_prompt=True,
         )
-        self._scheduler = BatchScheduler(
-            model,
-            model_id=self.info.id,
-            n_ctx_per_slot=self.n_ctx,
-            n_parallel=self.n_parallel,
-            n_threads=self.n_threads,
-            n_batch=self.n_batch,
-            prefill_chunk=self.prefill_chunk,
-            prefix_cache=self.prefix_cache,
-            batch_invariant=self.batch_invariant,
-        )
-        self._model = model
+        self._vocab = vocab
 
     async def close(self) -> None:
-        scheduler, self._scheduler = self._scheduler, None
-        model, self._model = self._model, None
-        if scheduler is not None:
-            await asyncio.to_thread(scheduler.close)
-        if model is not None:
-            model.close()
+        engine_core, self.core = self.core, None
+        if engine_core is not None:
+            await asyncio.to_thread(engine_core.close)
+        vocab, self._vocab = self._vocab, None
+        if vocab is not None:
+            vocab.close()
 
     # --- prompts ---------------------------------------------------------------------------
     def _tokenize(self, text: str, add_bos: bool) -> list[int]:
-        if self._model is None:
+        if self._vocab is None:
             raise RuntimeError("engine is not loaded")
-        return list(self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        return list(self._vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
     async def tokenize(self, text: str) -> list[int]:
         # The vocabulary is read-only, so tokenizing need not wait for the scheduler.
@@ -161,14 +435,22 @@ class LlamaCppEngine:
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
-        scheduler = self._scheduler
-        if scheduler is None:
+        engine_core = self.core
+        if engine_core is None:
             raise RuntimeError("engine is not loaded")
+        if engine_core.unavailable is not None:
+            raise EngineUnavailable(f"The model engine is unavailable: {engine_core.unavailable}.")
         cancel = cancel or Cancellation()
+        handle: Any = None
 
         def start(emit: Emit) -> None:
-            # The scheduler drops a cancelled request before its next step.
-            scheduler.submit(prompt.token_ids, params, cancel, emit)
+            nonlocal handle
+            # In-process, the scheduler drops a cancelled request before its next step.
+            handle = engine_core.submit(prompt.token_ids, params, cancel, emit)
 
-        async for chunk in stream_from_worker(start, cancel):
-            yield chunk
+        try:
+            async for chunk in stream_from_worker(start, cancel):
+                yield chunk
+        finally:
+            if isinstance(engine_core, ProcessCore) and handle is not None:
+                engine_core.release(handle)

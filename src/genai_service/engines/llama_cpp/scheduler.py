@@ -13,6 +13,8 @@ bandwidth, so one step over many sequences costs little more than a step over on
   request sharing its first tokens (a common system prompt) copies the store's region and
   drops the tail instead of recomputing the prefix.
 - Each request has its own sampler chain (seeded, greedy at temperature 0).
+- Metrics go through `record(kind, value)` (see `metrics.EngineRecorder`), so the scheduler can
+  run in the engine process and the API process still exports them.
 - Batch invariance (optional): llama.cpp's CPU kernels pick code paths by batch shape (a single
   output row takes the vec-dot path, 64+ query rows tiled attention), and the paths round
   differently. With `batch_invariant`, prompt chunks stay under 63 tokens and no step has a
@@ -34,13 +36,14 @@ from typing import Any
 
 import structlog
 
-from genai_service import metrics
 from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
 from genai_service.engines.text import StopDetector, Utf8Stream
 
 log = structlog.get_logger(__name__)
 
 Emit = Callable[[GenerationChunk | BaseException], None]
+# record(kind, value): "ttft"/"itl" seconds, "tokens"/"prefix_reused" counts, "outcome" name.
+Record = Callable[[str, Any], None]
 
 _INVARIANT_CHUNK = 62  # prompt tokens per step; llama.cpp tiles attention from 64 rows on
 
@@ -82,6 +85,8 @@ class BatchScheduler:
         prefill_chunk: int,
         prefix_cache: bool,
         batch_invariant: bool = False,
+        record: Record | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         import llama_cpp
 
@@ -92,6 +97,10 @@ class BatchScheduler:
         self.n_parallel = n_parallel
         self.prefix_cache = prefix_cache
         self.batch_invariant = batch_invariant
+        self._record: Record = record or (lambda kind, value: None)
+        # Called after every scheduler iteration: the engine process sends a step's chunks as one
+        # message instead of one per token.
+        self._flush = flush or (lambda: None)
         chunk = min(prefill_chunk, n_batch)
         self.prefill_chunk = max(2, min(chunk, _INVARIANT_CHUNK) if batch_invariant else chunk)
         # Most tokens in one step: decode rows plus prompt chunks (one chunk when invariant).
@@ -168,6 +177,7 @@ class BatchScheduler:
                 self._drop_cancelled()
                 if self._running:
                     self._step()
+                self._flush()
         except BaseException as exc:  # a bug here must not hang every waiting client
             log.exception("batch_scheduler_failed")
             self._closed = True
@@ -181,6 +191,7 @@ class BatchScheduler:
                     break
                 if item is not None:
                     item.emit(exc)
+            self._flush()
 
     def _admit(self) -> bool:
         """Take new requests while slots are free; block only when nothing runs."""
@@ -220,7 +231,7 @@ class BatchScheduler:
                 lc.llama_memory_seq_cp(self._mem, self._store_seq, req.seq, -1, -1)
                 lc.llama_memory_seq_rm(self._mem, req.seq, n, -1)
                 req.n_past = n
-                metrics.PREFIX_REUSED_TOKENS.labels(self.model_id).inc(n)
+                self._record("prefix_reused", n)
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         lc = self._lc
@@ -239,7 +250,7 @@ class BatchScheduler:
     def _drop_cancelled(self) -> None:
         for req in [r for r in self._running if r.cancel.cancelled]:
             self._release(req)
-            metrics.REQUESTS.labels(self.model_id, "cancelled").inc()
+            self._record("outcome", "cancelled")
 
     def _release(self, req: _Request) -> None:
         """Leave the batch: free the sequence's cells, its sampler and its slot."""
@@ -354,7 +365,7 @@ class BatchScheduler:
             for req in failed:
                 req.emit(error)
                 self._release(req)
-                metrics.REQUESTS.labels(self.model_id, "error").inc()
+                self._record("outcome", "error")
             return
         if self.prefix_cache:
             for req in prefilled or ():
@@ -375,17 +386,16 @@ class BatchScheduler:
 
     def _on_token(self, req: _Request, token: int, now: float) -> None:
         lc = self._lc
-        labels = (self.model_id,)
         if req.generated == 0:
-            metrics.TTFT.labels(*labels).observe(now - req.submitted)
+            self._record("ttft", now - req.submitted)
         else:
-            metrics.ITL.labels(*labels).observe(now - req.last_token_at)
+            self._record("itl", now - req.last_token_at)
         req.last_token_at = now
         if lc.llama_vocab_is_eog(self.vocab, token):
             self._finish(req, "stop", "stop")
             return
         req.generated += 1
-        metrics.GENERATED_TOKENS.labels(*labels).inc()
+        self._record("tokens", 1)
         assert req.stops is not None
         n = lc.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         text, hit = req.stops.feed(req.utf8.decode(self._piece.raw[: max(n, 0)]))
@@ -409,7 +419,7 @@ class BatchScheduler:
             if not hit:
                 tail += req.stops.flush()
         self._release(req)
-        metrics.REQUESTS.labels(self.model_id, outcome).inc()
+        self._record("outcome", outcome)
         req.emit(
             GenerationChunk(
                 text=tail,

@@ -1,0 +1,239 @@
+"""The llama.cpp engine core: the model weights, the llama context and the batch scheduler.
+
+It runs either in its own process (the default: `ProcessCore` in `client.py` starts `main`
+here), so a native fault in llama.cpp cannot take the API server down, or in the API process
+(`InProcessCore`, ENGINE_PROCESS=false), which `bench/` compares it with.
+
+The wire protocol, pickled tuples over two one-way pipes:
+- API -> core: ("submit", id, token_ids, (max_tokens, temperature, top_p, stop, seed)),
+  ("cancel", id), ("stop",).
+- core -> API: ("ready", system_info), ("failed", message) at start-up; then one ("step", events,
+  records, pending) per scheduler iteration, where an event is (id, text, finish_reason,
+  prompt_tokens, completion_tokens) or (id, None, "error", message, 0).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
+from genai_service.engines.llama_cpp.scheduler import BatchScheduler, Emit, Record
+
+# The self-test prompt: long enough (over 64 tokens) that its prefill takes llama.cpp's batched
+# matrix-multiply kernels, the path a one-token warm-up never reaches (a build using CPU features
+# the host lacks, AMX under some hypervisors, faults there).
+SELF_TEST_PROMPT = (
+    "Write a short, friendly note to a colleague who is starting on the team next week. "
+    "Mention where the documentation lives, who to ask about the build, that the coffee "
+    "machine on the third floor is the good one, and that the first week is for reading code, "
+    "asking questions and shipping one small change. Keep it under a hundred words."
+)
+SELF_TEST_TOKENS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Everything the core needs to load a model; crosses the process boundary (picklable)."""
+
+    model_path: str
+    model_id: str
+    n_ctx: int = 4096
+    n_threads: int = 1
+    n_batch: int = 512
+    n_gpu_layers: int = 0
+    n_parallel: int = 4
+    prefill_chunk: int = 256
+    prefix_cache: bool = True
+    batch_invariant: bool = False
+
+
+def load_model(path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> Any:
+    """A `llama_cpp._internals.LlamaModel`; `vocab_only` loads the tokenizer without weights."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+    from llama_cpp._logger import set_verbose
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    set_verbose(False)  # llama.cpp logs every context and graph detail otherwise
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = vocab_only
+    if n_gpu_layers:
+        # -1: every layer (llama.cpp reads any count above the model's as "all").
+        params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+    return LlamaModel(path_model=str(path), params=params, verbose=False)
+
+
+def system_info() -> str:
+    """llama.cpp's compiled-in CPU features, e.g. "CPU : SSE3 = 1 | AVX2 = 1 | ..."."""
+    import llama_cpp
+
+    return bytes(llama_cpp.llama_print_system_info()).decode(errors="replace").strip()
+
+
+def start_scheduler(
+    config: CoreConfig, record: Record, flush: Any = None
+) -> tuple[Any, BatchScheduler]:
+    model = load_model(config.model_path, n_gpu_layers=config.n_gpu_layers)
+    scheduler = BatchScheduler(
+        model,
+        model_id=config.model_id,
+        n_ctx_per_slot=config.n_ctx,
+        n_parallel=config.n_parallel,
+        n_threads=config.n_threads,
+        n_batch=config.n_batch,
+        prefill_chunk=config.prefill_chunk,
+        prefix_cache=config.prefix_cache,
+        batch_invariant=config.batch_invariant,
+        record=record,
+        flush=flush,
+    )
+    return model, scheduler
+
+
+def self_test(model: Any, scheduler: BatchScheduler) -> None:
+    """Generate a few tokens from a real prompt; raises if the engine cannot."""
+    tokens = list(model.tokenize(SELF_TEST_PROMPT.encode(), add_bos=True, special=False))
+    done: queue.SimpleQueue[GenerationChunk | BaseException] = queue.SimpleQueue()
+
+    def emit(item: GenerationChunk | BaseException) -> None:
+        if isinstance(item, BaseException) or item.finish_reason is not None:
+            done.put(item)
+
+    params = SamplingParams(max_tokens=SELF_TEST_TOKENS, temperature=0.0)
+    scheduler.submit(tokens, params, Cancellation(), emit)
+    result = done.get(timeout=600)
+    if isinstance(result, BaseException):
+        raise RuntimeError(f"engine self-test failed: {result}") from result
+    if result.completion_tokens < 1 and result.finish_reason != "stop":
+        raise RuntimeError("engine self-test produced no tokens")
+
+
+class InProcessCore:
+    """The scheduler on a thread of this process (ENGINE_PROCESS=false)."""
+
+    def __init__(self, config: CoreConfig, record: Record) -> None:
+        self._config = config
+        self._record = record
+        self._model: Any = None
+        self._scheduler: BatchScheduler | None = None
+        self.unavailable: str | None = None
+        self.n_ctx_per_slot = config.n_ctx
+
+    def start(self) -> None:
+        self._model, self._scheduler = start_scheduler(self._config, self._record)
+        self.n_ctx_per_slot = self._scheduler.n_ctx_per_slot
+        self_test(self._model, self._scheduler)
+
+    @property
+    def active(self) -> int:
+        return self._scheduler.active if self._scheduler is not None else 0
+
+    @property
+    def pending(self) -> int:
+        return self._scheduler.pending if self._scheduler is not None else 0
+
+    def submit(
+        self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
+    ) -> None:
+        if self._scheduler is None:
+            raise RuntimeError("engine is not loaded")
+        self._scheduler.submit(tokens, params, cancel, emit)
+
+    def close(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        model, self._model = self._model, None
+        if scheduler is not None:
+            scheduler.close()
+        if model is not None:
+            model.close()
+
+
+# --- the engine process --------------------------------------------------------------------------
+def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
+    """Entry point of the engine process (multiprocessing, spawn)."""
+    # The API process handles Ctrl-C and SIGTERM and then stops us through the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    outbox: list[tuple[Any, ...]] = []
+    records: list[tuple[str, Any]] = []  # both filled and flushed on the scheduler thread
+    lock = threading.Lock()
+    scheduler: BatchScheduler | None = None
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:  # the main thread and the scheduler thread both send
+            events.send(message)
+
+    def flush() -> None:
+        # Scheduler thread: the step's chunks and metric records as one message.
+        if not outbox and not records:
+            return
+        batch = ("step", outbox[:], records[:], scheduler.pending if scheduler else 0)
+        outbox.clear()
+        records.clear()
+        send(batch)
+
+    def record(kind: str, value: Any) -> None:
+        records.append((kind, value))  # scheduler thread only; flushed with the step
+
+    try:
+        model, scheduler = start_scheduler(config, record, flush)
+        self_test(model, scheduler)
+    except BaseException as exc:
+        send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    # Steps sent before this (the self-test's metric records) are dropped by the API process.
+    send(("ready", system_info(), scheduler.n_ctx_per_slot))
+
+    cancels: dict[int, Cancellation] = {}
+
+    def emitter(req_id: int) -> Emit:
+        def emit(item: GenerationChunk | BaseException) -> None:
+            if isinstance(item, BaseException):
+                outbox.append((req_id, None, "error", str(item) or type(item).__name__, 0))
+                cancels.pop(req_id, None)
+                return
+            outbox.append(
+                (
+                    req_id,
+                    item.text,
+                    item.finish_reason,
+                    item.prompt_tokens,
+                    item.completion_tokens,
+                )
+            )
+            if item.finish_reason is not None:
+                cancels.pop(req_id, None)
+
+        return emit
+
+    while True:
+        try:
+            message = commands.recv()
+        except (EOFError, OSError):
+            break  # the API process is gone
+        kind = message[0]
+        if kind == "submit":
+            _, req_id, tokens, (max_tokens, temperature, top_p, stop, seed) = message
+            cancel = cancels[req_id] = Cancellation()
+            params = SamplingParams(max_tokens, temperature, top_p, tuple(stop), seed)
+            try:
+                scheduler.submit(tokens, params, cancel, emitter(req_id))
+            except RuntimeError:
+                # The scheduler thread died (a bug, already logged): let the supervisor restart us.
+                send(("step", [(req_id, None, "error", "engine stopped", 0)], [], 0))
+                os._exit(70)
+        elif kind == "cancel":
+            cancel = cancels.pop(message[1], None)
+            if cancel is not None:
+                cancel.cancel()
+        elif kind == "stop":
+            break
+    scheduler.close()
