@@ -171,7 +171,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300)
     raise TimeoutError(url)
 
 
-def start_genai(args: argparse.Namespace, log: Path) -> Server:
+def start_genai(args: argparse.Namespace, log: Path, engine_process: bool = True) -> Server:
     port = free_port()
     env = os.environ | {
         "HOST": "127.0.0.1",
@@ -185,6 +185,7 @@ def start_genai(args: argparse.Namespace, log: Path) -> Server:
         "QUEUE_TIMEOUT": "600",
         "API_KEYS": "",
         "LOG_LEVEL": "warning",
+        "ENGINE_PROCESS": str(engine_process).lower(),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "genai_service", "serve"],
@@ -195,7 +196,7 @@ def start_genai(args: argparse.Namespace, log: Path) -> Server:
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/health/ready", process)
     model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
-    return Server("genai-service", base, process, model)
+    return Server("genai-service" if engine_process else "in-process", base, process, model)
 
 
 def start_llama_server(args: argparse.Namespace, binary: Path, log: Path) -> Server:
@@ -333,15 +334,24 @@ async def bench_server(server: Server, args: argparse.Namespace) -> list[Level]:
 
 
 # --- report -----------------------------------------------------------------------------------
-def table(results: dict[str, list[Level]]) -> str:
-    ours, ref = results["genai-service"], results.get("llama-server")
+def median_levels(rounds: list[list[Level]]) -> list[Level]:
+    """Per concurrency level, the round with the median tokens/s (rounds alternate servers)."""
+    merged = []
+    for levels in zip(*rounds, strict=True):
+        ranked = sorted(levels, key=lambda lv: lv.tokens_per_s)
+        merged.append(ranked[len(ranked) // 2])
+    return merged
+
+
+def table(results: dict[str, list[Level]], reference: str) -> str:
+    ours, ref = results["genai-service"], results.get(reference)
     head = (
         "| streams | server | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms |"
         " tok/s ratio | TTFT p50 ratio | ITL p50 ratio |"
     )
     lines = [head, "|" + "---|" * 9]
     for i, level in enumerate(ours):
-        rows = [("genai-service", level)] + ([("llama-server", ref[i])] if ref else [])
+        rows = [("genai-service", level)] + ([(reference, ref[i])] if ref else [])
         for name, lv in rows:
             ratio = ["", "", ""]
             if ref and name == "genai-service":
@@ -393,31 +403,46 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=None, help="default: max concurrency")
     parser.add_argument("--ctx-per-slot", type=int, default=512)
     parser.add_argument("--batch", type=int, default=512, help="n_batch for both servers")
-    parser.add_argument("--skip-llama-server", action="store_true")
+    parser.add_argument(
+        "--reference",
+        choices=["llama-server", "in-process"],
+        default="llama-server",
+        help="compare with llama-server, or with genai-service's engine in the API process "
+        "(ENGINE_PROCESS=false: what the engine process costs)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the servers N times")
+    parser.add_argument("--skip-llama-server", action="store_true", help="no reference run")
     args = parser.parse_args()
     args.model = args.model or embedded_model_path()
     args.slots = args.slots or max(args.concurrency)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    binary = None if args.skip_llama_server else llama_server_binary()
+    with_llama = args.reference == "llama-server" and not args.skip_llama_server
+    binary = llama_server_binary() if with_llama else None
     print(
         f"model {args.model.name}, threads {args.threads}, slots {args.slots}, ctx/slot "
         f"{args.ctx_per_slot}, max_tokens {args.max_tokens}, streams {args.concurrency}",
         flush=True,
     )
-    results: dict[str, list[Level]] = {}
     starters: list[tuple[str, Any]] = [("genai-service", lambda log: start_genai(args, log))]
     if binary is not None:
         starters.append(("llama-server", lambda log: start_llama_server(args, binary, log)))
-    for name, start in starters:
-        server = start(RESULTS / f"throughput-{stamp}-{name}.log")
-        try:
-            results[name] = asyncio.run(bench_server(server, args))
-        finally:
-            server.stop()
+    elif args.reference == "in-process":
+        starters.append(("in-process", lambda log: start_genai(args, log, engine_process=False)))
+    rounds: dict[str, list[list[Level]]] = {name: [] for name, _ in starters}
+    for n in range(args.rounds):
+        for name, start in starters:
+            if args.rounds > 1:
+                print(f"round {n + 1}/{args.rounds}: {name}", flush=True)
+            server = start(RESULTS / f"throughput-{stamp}-{name}.log")
+            try:
+                rounds[name].append(asyncio.run(bench_server(server, args)))
+            finally:
+                server.stop()
+    results = {name: median_levels(runs) for name, runs in rounds.items()}
 
-    report = table(results)
+    report = table(results, args.reference)
     print("\n" + report)
     out = RESULTS / f"throughput-{stamp}.json"
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
