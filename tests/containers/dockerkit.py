@@ -219,45 +219,81 @@ def ensure_postgres_image() -> str:
     return POSTGRES_IMAGE
 
 
-def host_llama_wheels() -> list[Path]:
-    """llama-cpp-python wheels this host already built (pip's cache), to skip the compile."""
-    found = subprocess.run(
-        [
-            str(ROOT / ".venv/bin/python"),
-            "-m",
-            "pip",
-            "cache",
-            "list",
-            "llama_cpp_python",
-            "--format=abspath",
-        ],
+def portable_llama_flags() -> str:
+    """The CMake flags scripts/llama-cpp-wheel.sh builds llama.cpp with by default (portable)."""
+    env = {k: v for k, v in os.environ.items() if k != "CMAKE_ARGS"}
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts/llama-cpp-wheel.sh"), "--flags"],
+        env=env,
         capture_output=True,
         text=True,
-        check=False,
+        check=True,
+    ).stdout.strip()
+
+
+def pinned_llama_version() -> str:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d.split("==")[1] for d in deps if d.startswith("llama-cpp-python=="))
+
+
+def host_llama_wheels() -> list[Path]:
+    """The folders scripts/llama-cpp-wheel.sh made on this host for the pinned llama-cpp-python
+    and the portable flags (its wheel plus the CMAKE_ARGS it was built with), to skip the compile.
+
+    Only those: the Dockerfile takes a folder only if its name carries the key the script computes
+    in the image (version, architecture, Python, flags), and checks the recorded flags. A wheel
+    from pip's cache or built with other flags (-march=native) is never handed to the image.
+    """
+    root = Path(
+        os.environ.get("GENAI_WHEEL_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genai-service/wheels"
     )
-    wheels = [Path(line) for line in found.stdout.split() if line.endswith(".whl")]
-    return sorted(wheels, key=lambda p: p.stat().st_mtime)[-1:]
+    flags = portable_llama_flags()
+    found = []
+    for folder in sorted(root.glob(f"llama-cpp-python-{pinned_llama_version()}-*")):
+        record = folder / "CMAKE_ARGS"
+        if (
+            ".tmp." not in folder.name
+            and record.is_file()
+            and record.read_text().strip() == flags
+            and any(folder.glob("llama_cpp_python-*.whl"))
+        ):
+            found.append(folder)
+    return found
 
 
 def ensure_wheels_image() -> str | None:
-    """An image holding the host's llama-cpp-python wheel, for `--build-arg WHEELS_IMAGE=`."""
-    wheels = host_llama_wheels()
-    if not wheels:
+    """An image holding the host's portable llama-cpp-python wheels, for `WHEELS_IMAGE=`."""
+    folders = host_llama_wheels()
+    if not folders:
         return None
-    label = wheels[0].name
+    label = ",".join(
+        f"{folder.name}/{wheel.name}"
+        for folder in folders
+        for wheel in sorted(folder.glob("llama_cpp_python-*.whl"))
+    )
     current = docker(
         "image",
         "inspect",
         "--format",
-        '{{index .Config.Labels "wheel"}}',
+        '{{index .Config.Labels "wheels"}}',
         WHEELS_IMAGE,
         check=False,
     )
     if current.returncode == 0 and current.stdout.strip() == label:
         return WHEELS_IMAGE
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(wheels[0], tmp)
-        Path(tmp, "Dockerfile").write_text(f"FROM scratch\nLABEL wheel={label}\nCOPY *.whl /\n")
+        for folder in folders:
+            dest = Path(tmp, "wheels", folder.name)
+            dest.mkdir(parents=True)
+            shutil.copy(folder / "CMAKE_ARGS", dest)
+            for wheel in folder.glob("llama_cpp_python-*.whl"):
+                shutil.copy(wheel, dest)
+        Path(tmp, "Dockerfile").write_text(
+            f'FROM scratch\nLABEL wheels="{label}"\nCOPY wheels/ /\n'
+        )
         docker("build", "-t", WHEELS_IMAGE, tmp)
     return WHEELS_IMAGE
 
@@ -308,7 +344,8 @@ def build(
 
 
 def local_build_args() -> dict[str, str]:
-    """Build arguments that make the real Dockerfile build here: local base, host wheels."""
+    """Build arguments that make the real Dockerfile build here: local base, and the host's
+    portable llama-cpp-python wheel if `make install` built one (else the build compiles it)."""
     args = {"PYTHON_IMAGE": ensure_python_base()}
     wheels = ensure_wheels_image()
     if wheels:
@@ -320,7 +357,7 @@ def copy_build_context(dest: Path) -> Path:
     """The files `docker build .` uses, copied, so a test can edit the source freely."""
     for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
-    for name in ("src", "docker"):
+    for name in ("src", "docker", "scripts"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
