@@ -90,6 +90,44 @@ def test_production_image_serves_a_chat_completion(
     assert env == "PROD"
 
 
+def test_production_image_llama_cpp_is_portable(production_image: str) -> None:
+    """llama.cpp in the image was built with the portable flags, not -march=native.
+
+    The build host here has AVX-512 (and may advertise AMX): a native build would report them.
+    """
+    probe = (
+        "python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())'; "
+        "cat /opt/venv/share/genai-service/llama-cpp-python.cmake-args"
+    )
+    out = dockerkit.docker("run", "--rm", "--entrypoint", "sh", production_image, "-c", probe)
+    info, recorded = out.stdout.strip().splitlines()
+    assert "AVX2 = 1" in info and "FMA = 1" in info, info
+    assert not re.search(r"AVX512\w* = 1", info), info
+    assert not re.search(r"AMX\w* = 1", info), info
+    # The flags the wheel was compiled with, recorded by the build: the script's portable set.
+    assert recorded == dockerkit.portable_llama_flags()
+    assert "-DGGML_NATIVE=OFF" in recorded.split()
+
+
+def test_host_wheels_are_only_the_portable_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wheels handed to the image build: the script's folder for the portable flags only."""
+    monkeypatch.setenv("GENAI_WHEEL_CACHE", str(tmp_path))
+    version = dockerkit.pinned_llama_version()
+    folders = {
+        "portable": (f"llama-cpp-python-{version}-aaaa", dockerkit.portable_llama_flags()),
+        "native": (f"llama-cpp-python-{version}-bbbb", "-DGGML_NATIVE=ON"),
+        "unfinished": (f"llama-cpp-python-{version}-aaaa.tmp.12", dockerkit.portable_llama_flags()),
+        "old version": ("llama-cpp-python-0.0.1-cccc", dockerkit.portable_llama_flags()),
+    }
+    for name, flags in folders.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "CMAKE_ARGS").write_text(flags + "\n")
+        (tmp_path / name / f"llama_cpp_python-{version}-py3-none-linux_x86_64.whl").touch()
+    assert dockerkit.host_llama_wheels() == [tmp_path / folders["portable"][0]]
+
+
 def test_production_image_has_no_compiler_no_model_no_login(production_image: str) -> None:
     probe = (
         "for tool in gcc cc g++ c++ make cmake; do command -v $tool; done; "
@@ -154,6 +192,34 @@ def test_code_only_change_rebuilds_only_the_top_layers(build_args: dict[str, str
     )
     assert steps, rebuilt.log[-3000:]
     assert all(re.search(rf"^#{step} CACHED", rebuilt.log, re.M) for step in steps)
+    assert_llama_wheel_cached(rebuilt.log)
+
+
+def test_dependency_change_keeps_the_llama_cpp_compile(build_args: dict[str, str]) -> None:
+    """Only the llama-cpp-python pin, the wheel script and LLAMA_CMAKE_ARGS reach the compile."""
+    with tempfile.TemporaryDirectory(prefix="genai-ctx-") as tmp:
+        context = dockerkit.copy_build_context(Path(tmp))
+        tag = "genai-test/genai-service:llama-wheel"
+        dockerkit.build(context, tag, target="llama-wheel", build_args=build_args)
+        project = context / "pyproject.toml"
+        text = project.read_text()
+        assert "dependencies = [\n" in text
+        project.write_text(
+            text.replace("dependencies = [\n", 'dependencies = [\n    "six>=1",\n', 1)
+        )
+        rebuilt = dockerkit.build(context, tag, target="llama-wheel", build_args=build_args)
+    # The pin extraction ran again (pyproject.toml changed) ...
+    src = re.search(r"^#(\d+) \[llama-src 1/1\] RUN ", rebuilt.log, re.M)
+    assert src and not re.search(rf"^#{src[1]} CACHED", rebuilt.log, re.M), rebuilt.log[-3000:]
+    # ... and produced the same files, so the compile is still cached.
+    assert_llama_wheel_cached(rebuilt.log)
+
+
+def assert_llama_wheel_cached(log: str) -> None:
+    """The llama.cpp compile (the llama-wheel stage's RUN) did not run."""
+    steps = re.findall(r"^#(\d+) \[llama-wheel \d+/\d+\] RUN ", log, re.M)
+    assert steps, log[-3000:]
+    assert all(re.search(rf"^#{step} CACHED", log, re.M) for step in steps), log[-3000:]
 
 
 def test_without_a_model_the_image_stays_up_and_says_why(
