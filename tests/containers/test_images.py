@@ -204,9 +204,9 @@ def test_dependency_change_keeps_the_llama_cpp_compile(build_args: dict[str, str
         project = context / "pyproject.toml"
         text = project.read_text()
         assert "dependencies = [\n" in text
-        project.write_text(
-            text.replace("dependencies = [\n", 'dependencies = [\n    "six>=1",\n', 1)
-        )
+        # Unique each run, or BuildKit would find this very change cached from the last run.
+        added = f'dependencies = [\n    "six>=1",  # {uuid.uuid4().hex}\n'
+        project.write_text(text.replace("dependencies = [\n", added, 1))
         rebuilt = dockerkit.build(context, tag, target="llama-wheel", build_args=build_args)
     # The pin extraction ran again (pyproject.toml changed) ...
     src = re.search(r"^#(\d+) \[llama-src 1/1\] RUN ", rebuilt.log, re.M)
