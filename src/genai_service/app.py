@@ -30,8 +30,9 @@ from genai_service.api.routes import (
 )
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
-from genai_service.limiter import GenerationLimiter
 from genai_service.middleware import RequestContextMiddleware
+from genai_service.serving.generation import GenerationService
+from genai_service.serving.limiter import GenerationLimiter
 from genai_service.settings import Settings
 from genai_service.state import ServiceState
 
@@ -102,11 +103,11 @@ def create_app(
     settings: Settings | None = None, engine_factory: EngineFactory | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    limiter = GenerationLimiter(
+        settings.generation_slots, settings.max_queue, settings.queue_timeout
+    )
     state = ServiceState(
-        settings=settings,
-        limiter=GenerationLimiter(
-            settings.generation_slots, settings.max_queue, settings.queue_timeout
-        ),
+        settings=settings, limiter=limiter, generations=GenerationService(settings, limiter)
     )
     factory = engine_factory or _default_factory
 

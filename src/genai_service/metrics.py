@@ -49,27 +49,16 @@ ENGINE_UP = Gauge(
 
 
 class EngineRecorder:
-    """`record(kind, value)` for one model: what an engine's scheduler reports, into Prometheus.
+    """`record(kind, value)` for one model: what only the engine can see, into Prometheus.
 
-    The scheduler calls it in whichever process it runs; the engine process ships the calls to
-    the API process in batches, which replays them here.
+    The llama.cpp scheduler calls it in whichever process it runs; the engine process ships the
+    calls to the API process with each step, which replays them here. (Latency, tokens and
+    outcomes are recorded by the GenerationService, for every engine.)
     """
 
     def __init__(self, model: str) -> None:
-        self._ttft = TTFT.labels(model)
-        self._itl = ITL.labels(model)
-        self._tokens = GENERATED_TOKENS.labels(model)
         self._prefix = PREFIX_REUSED_TOKENS.labels(model)
-        self._model = model
 
-    def __call__(self, kind: str, value: float | str) -> None:
-        if kind == "itl":
-            self._itl.observe(float(value))
-        elif kind == "tokens":
-            self._tokens.inc(float(value))
-        elif kind == "ttft":
-            self._ttft.observe(float(value))
-        elif kind == "prefix_reused":
-            self._prefix.inc(float(value))
-        elif kind == "outcome":
-            REQUESTS.labels(self._model, str(value)).inc()
+    def __call__(self, kind: str, value: float) -> None:
+        if kind == "prefix_reused":
+            self._prefix.inc(value)

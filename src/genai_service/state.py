@@ -1,11 +1,13 @@
-"""What the running service holds: its settings, loaded engines, limiter and readiness."""
+"""What the running service holds: its settings, loaded engines, the generation service and
+readiness."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from genai_service.engines.base import EmbeddingEngine, Engine
-from genai_service.limiter import GenerationLimiter
+from genai_service.serving.generation import GenerationService
+from genai_service.serving.limiter import GenerationLimiter
 from genai_service.settings import Settings
 
 
@@ -13,6 +15,7 @@ from genai_service.settings import Settings
 class ServiceState:
     settings: Settings
     limiter: GenerationLimiter
+    generations: GenerationService
     engines: dict[str, Engine] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     ready: bool = False

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from genai_service.engines.base import SamplingParams
+
+if TYPE_CHECKING:
+    from genai_service.serving.generation import SamplingDefaults
 
 
 def new_id(prefix: str) -> str:
@@ -51,15 +56,52 @@ class StreamOptions(_Request):
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1)]
+MAX_STOP_SEQUENCES = 4
 
 
-class _SamplingRequest(_Request):
-    model: str
+class SamplingFields(_Request):
+    """The sampling fields every generating request shares.
+
+    `to_sampling_params` turns them into the engine's `SamplingParams` (as vLLM's protocol
+    models do); adding a field means adding it here, to `SamplingParams`, and to the engines
+    that honour it.
+    """
+
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+        return value
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def token_limit(self) -> int | None:
+        """The reply limit the client asked for, if any."""
+        return self.max_tokens
+
+    def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams:
+        """`max_tokens`: the budget the service resolved against the context window."""
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
+            stop=self.stop_sequences(),
+            seed=self.seed,
+        )
+
+
+class _SamplingRequest(SamplingFields):
+    model: str
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -72,17 +114,8 @@ class _SamplingRequest(_Request):
             raise ValueError("only n=1 is supported")
         return value
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
-
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 # --- chat -----------------------------------------------------------------------------------
@@ -251,13 +284,10 @@ class EmbeddingResponse(BaseModel):
 
 
 # --- the simple endpoint --------------------------------------------------------------------
-class GenerateTextRequest(_Request):
+class GenerateTextRequest(SamplingFields):
     prompt: str = Field(min_length=1)
     system: str | None = None
     model: str | None = None
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    seed: int | None = None
 
 
 class GenerateTextResponse(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from genai_service.api.schemas import MaxTokens, Temperature, TopP, Usage
+from genai_service.api.schemas import SamplingFields, Usage
 
 
 def unix(moment: datetime) -> int:
@@ -76,20 +76,10 @@ class MessageList(BaseModel):
     has_more: bool
 
 
-class PostMessageRequest(_Request):
+class PostMessageRequest(SamplingFields):
     content: str = Field(min_length=1, description="The user's message.")
     model: str | None = None
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
     stream: bool = False
-
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop[:4])
 
 
 class ConversationTurn(BaseModel):

@@ -18,15 +18,9 @@ from genai_service.api.schemas import (
     new_id,
     now,
 )
-from genai_service.api.serving import (
-    StreamFormat,
-    admit,
-    generate,
-    request_sampling,
-    sse_response,
-    usage_of,
-)
-from genai_service.engines.base import ChatMessage
+from genai_service.api.sse import StreamFormat, sse_response, usage_of
+from genai_service.engines.base import ChatMessage, GenerationChunk
+from genai_service.serving.generation import Generation
 
 router = APIRouter(tags=["openai"])
 
@@ -38,8 +32,7 @@ async def chat_completions(
     engine = resolve_engine(state, body.model)
     messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
     prompt = await engine.chat_prompt(messages)
-    params = request_sampling(state, engine, prompt, body, body.token_limit())
-    lease = await admit(state)
+    generation = await state.generations.start(request, engine, prompt, body)
     cid, created, model = new_id("chatcmpl"), now(), engine.info.id
 
     if body.stream:
@@ -52,24 +45,25 @@ async def chat_completions(
                 choices=[ChatChunkChoice(delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
             )
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        def final(last: GenerationChunk, _: Generation) -> list[ChatCompletionChunk]:
+            events = [chunk(ChatDelta(), last.finish_reason)]
+            if body.include_usage():
+                usage = usage_of(last)
+                events.append(
+                    ChatCompletionChunk(
+                        id=cid, created=created, model=model, choices=[], usage=usage
+                    )
+                )
+            return events
+
         fmt = StreamFormat(
             first=lambda: chunk(ChatDelta(role="assistant", content="")),
             delta=lambda text: chunk(ChatDelta(content=text)),
-            final=lambda last: chunk(ChatDelta(), last.finish_reason),
-            usage=(
-                (
-                    lambda last: ChatCompletionChunk(
-                        id=cid, created=created, model=model, choices=[], usage=usage_of(last)
-                    )
-                )
-                if include_usage
-                else None
-            ),
+            final=final,
         )
-        return sse_response(engine, prompt, params, lease, fmt, request=request)
+        return sse_response(generation, fmt)
 
-    result = await generate(request, engine, prompt, params, lease)
+    result = await generation.complete()
     response = ChatCompletion(
         id=cid,
         created=created,

@@ -14,14 +14,9 @@ from genai_service.api.schemas import (
     new_id,
     now,
 )
-from genai_service.api.serving import (
-    StreamFormat,
-    admit,
-    generate,
-    request_sampling,
-    sse_response,
-    usage_of,
-)
+from genai_service.api.sse import StreamFormat, sse_response, usage_of
+from genai_service.engines.base import GenerationChunk
+from genai_service.serving.generation import Generation
 
 router = APIRouter(tags=["openai"])
 
@@ -32,8 +27,7 @@ async def completions(
 ) -> JSONResponse | EventSourceResponse:
     engine = resolve_engine(state, body.model)
     prompt = await engine.text_prompt(body.prompt_text())
-    params = request_sampling(state, engine, prompt, body, body.max_tokens)
-    lease = await admit(state)
+    generation = await state.generations.start(request, engine, prompt, body)
     cid, created, model = new_id("cmpl"), now(), engine.info.id
     prefix = body.prompt_text() if body.echo else ""
 
@@ -42,24 +36,24 @@ async def completions(
         return Completion(id=cid, created=created, model=model, choices=[choice])
 
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def final(last: GenerationChunk, _: Generation) -> list[Completion]:
+            events = [completion("", last.finish_reason)]
+            if body.include_usage():
+                usage = usage_of(last)
+                events.append(
+                    Completion(id=cid, created=created, model=model, choices=[], usage=usage)
+                )
+            return events
+
         fmt = StreamFormat(
             first=(lambda: completion(prefix)) if prefix else None,
             delta=completion,
-            final=lambda last: completion("", last.finish_reason),
-            usage=(
-                (
-                    lambda last: Completion(
-                        id=cid, created=created, model=model, choices=[], usage=usage_of(last)
-                    )
-                )
-                if include_usage
-                else None
-            ),
+            final=final,
         )
-        return sse_response(engine, prompt, params, lease, fmt, request=request)
+        return sse_response(generation, fmt)
 
-    result = await generate(request, engine, prompt, params, lease)
+    result = await generation.complete()
     response = Completion(
         id=cid,
         created=created,

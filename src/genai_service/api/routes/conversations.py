@@ -8,21 +8,16 @@ conversation run one at a time, so every reply sees the turns before it.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from genai_service.api.deps import State, resolve_engine
-from genai_service.api.errors import APIError, engine_unavailable, error_body, model_not_found
-from genai_service.api.recording import GenerationRecorder
-from genai_service.api.serving import admit, generate, request_sampling, usage_of
+from genai_service.api.errors import APIError, model_not_found
+from genai_service.api.sse import StreamFormat, sse_response, usage_of
 from genai_service.api.storage_deps import StorageDep, database_errors
 from genai_service.api.storage_schemas import (
     ConversationDeleted,
@@ -35,15 +30,8 @@ from genai_service.api.storage_schemas import (
     TurnDelta,
     unix,
 )
-from genai_service.engines.base import (
-    Cancellation,
-    ChatMessage,
-    Completion,
-    Engine,
-    EngineUnavailable,
-    GenerationChunk,
-    Prompt,
-)
+from genai_service.engines.base import ChatMessage, Completion, Engine, GenerationChunk, Prompt
+from genai_service.serving.generation import Generation
 from genai_service.storage import Storage
 from genai_service.storage import repository as repo
 from genai_service.storage.models import Conversation, Message
@@ -237,6 +225,7 @@ async def post_message(
     engine = resolve_engine(state, body.model or conversation.model)
     lock = storage.locks.get(conversation_id)
     await lock.acquire()
+    unlock = _Once(lock.release)  # an asyncio.Lock must not be released twice
     handed_over = False
     try:
         async with database_errors(storage):
@@ -246,49 +235,41 @@ async def post_message(
         prompt, dropped = await fit_history(
             engine, conversation.system_prompt, past, body.content, reserve
         )
-        params = request_sampling(state, engine, prompt, body, body.max_tokens)
-        lease = await admit(state)
-        if body.stream:
-            handed_over = True  # the stream releases the lock when it ends
-            unlock = _Once(lock.release)
-            events = _stream_turn(
-                request,
+
+        async def store(result: Completion) -> list[Message]:
+            # The generation's on_finish hook: the turn is stored only once the reply is whole.
+            return await _store_turn(
                 storage,
-                unlock,
-                engine,
-                prompt,
-                params,
-                lease,
                 conversation_id,
-                body,
-                dropped,
+                body.content,
+                result.prompt_tokens,
+                result.text,
+                result.completion_tokens,
             )
-            return EventSourceResponse(
-                events,
-                ping=15,
-                # Also done by the generator; this covers a stream that never got to start.
-                background=BackgroundTask(lambda: (lease.release(), unlock())),
-                sep="\n",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+
+        generation = await state.generations.start(request, engine, prompt, body, on_finish=store)
+        model = engine.info.id
+        if body.stream:
+
+            def final(last: GenerationChunk, done: Generation) -> list[ConversationTurn]:
+                return [_turn(conversation_id, model, done.finished, last, dropped)]
+
+            fmt = StreamFormat(
+                delta=lambda text: TurnDelta(conversation_id=conversation_id, delta=text),
+                final=final,
             )
-        result = await generate(request, engine, prompt, params, lease)
-        stored = await _store_turn(
-            storage,
-            conversation_id,
-            body.content,
-            result.prompt_tokens,
-            result.text,
-            result.completion_tokens,
-        )
-        turn = _turn(conversation_id, engine.info.id, stored, result, dropped)
+            handed_over = True  # the stream releases the lock when it ends
+            return sse_response(generation, fmt, on_close=unlock)
+        result = await generation.complete()
+        turn = _turn(conversation_id, model, generation.finished, result, dropped)
         return JSONResponse(turn.model_dump())
     finally:
         if not handed_over:
-            lock.release()
+            unlock()
 
 
 class _Once:
-    """Calls `action` the first time only (an asyncio.Lock must not be released twice)."""
+    """Calls `action` the first time only."""
 
     def __init__(self, action: Callable[[], None]) -> None:
         self._action: Callable[[], None] | None = action
@@ -297,65 +278,3 @@ class _Once:
         action, self._action = self._action, None
         if action is not None:
             action()
-
-
-async def _stream_turn(
-    request: Request,
-    storage: Storage,
-    unlock: _Once,
-    engine: Engine,
-    prompt: Prompt,
-    params: Any,
-    lease: Any,
-    conversation_id: str,
-    body: PostMessageRequest,
-    dropped: int,
-) -> AsyncIterator[dict[str, str]]:
-    """Deltas as they come, then the stored turn; a client that leaves stores nothing."""
-    cancel = Cancellation()
-    recorder = GenerationRecorder(request, engine, prompt)
-    last: GenerationChunk | None = None
-    parts: list[str] = []
-    status: Literal["ok", "error", "cancelled"] = "cancelled"
-    try:
-        try:
-            async for chunk in engine.stream(prompt, params, cancel):
-                last = chunk
-                recorder.piece(chunk)
-                if chunk.text:
-                    parts.append(chunk.text)
-                    delta = TurnDelta(conversation_id=conversation_id, delta=chunk.text)
-                    yield {"data": delta.model_dump_json()}
-            assert last is not None and last.finish_reason is not None
-            status = "ok"
-        finally:
-            cancel.cancel()
-            lease.release()
-            recorder.finish(status, last)
-        stored = await _store_turn(
-            storage,
-            conversation_id,
-            body.content,
-            last.prompt_tokens,
-            "".join(parts),
-            last.completion_tokens,
-        )
-        turn = _turn(conversation_id, engine.info.id, stored, last, dropped)
-        yield {"data": turn.model_dump_json()}
-        yield {"data": "[DONE]"}
-    except asyncio.CancelledError:
-        raise
-    except APIError as exc:
-        yield {"data": json.dumps(exc.body())}
-    except EngineUnavailable as exc:
-        # The engine process crashed mid-turn: nothing was stored, the client may retry.
-        yield {"data": json.dumps(engine_unavailable(str(exc)).body())}
-    except Exception:
-        log.exception("conversation_stream_failed")
-        yield {
-            "data": json.dumps(
-                error_body("The server had an error while generating.", "server_error")
-            )
-        }
-    finally:
-        unlock()

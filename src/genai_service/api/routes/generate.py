@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Query, Request
 from genai_service.api.deps import State, resolve_engine
 from genai_service.api.errors import APIError
 from genai_service.api.schemas import GenerateTextRequest, GenerateTextResponse
-from genai_service.api.serving import admit, generate, sampling_params, usage_of
+from genai_service.api.sse import usage_of
 from genai_service.engines.base import ChatMessage
 
 router = APIRouter(tags=["generate"])
@@ -41,17 +41,8 @@ async def generate_text(
     messages = [ChatMessage("system", body.system)] if body.system else []
     messages.append(ChatMessage("user", body.prompt))
     chat_prompt = await engine.chat_prompt(messages)
-    params = sampling_params(
-        state,
-        engine,
-        chat_prompt,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=None,
-        seed=body.seed,
-    )
-    lease = await admit(state)
-    result = await generate(request, engine, chat_prompt, params, lease)
+    generation = await state.generations.start(request, engine, chat_prompt, body)
+    result = await generation.complete()
     return GenerateTextResponse(
         text=result.text,
         model=engine.info.id,

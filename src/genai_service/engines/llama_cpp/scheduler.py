@@ -29,7 +29,6 @@ import ctypes
 import queue
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,8 @@ from genai_service.engines.text import StopDetector, Utf8Stream
 log = structlog.get_logger(__name__)
 
 Emit = Callable[[GenerationChunk | BaseException], None]
-# record(kind, value): "ttft"/"itl" seconds, "tokens"/"prefix_reused" counts, "outcome" name.
+# record(kind, value): engine-side metrics the serving layer cannot see ("prefix_reused" tokens);
+# time to first token, inter-token latency, tokens and outcomes are the GenerationService's.
 Record = Callable[[str, Any], None]
 
 _INVARIANT_CHUNK = 62  # prompt tokens per step; llama.cpp tiles attention from 64 rows on
@@ -54,7 +54,6 @@ class _Request:
     params: SamplingParams
     cancel: Cancellation
     emit: Emit
-    submitted: float = field(default_factory=time.perf_counter)
     seq: int = -1
     n_past: int = 0  # tokens of this sequence already in the KV cache
     next_token: int = -1  # sampled, not yet decoded
@@ -63,7 +62,6 @@ class _Request:
     budget: int = 0
     stops: StopDetector | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
-    last_token_at: float = 0.0
 
     @property
     def prefilling(self) -> bool:
@@ -218,7 +216,7 @@ class BatchScheduler:
         req.budget = min(params.max_tokens, self.n_ctx_per_slot - len(req.tokens))
         req.stops = StopDetector(params.stop)
         if req.budget <= 0 or not req.tokens:
-            self._finish(req, "length", "length")
+            self._finish(req, "length")
             return
         req.seq = self._free_seqs.pop()
         req.sampler = self._make_sampler(params)
@@ -250,7 +248,6 @@ class BatchScheduler:
     def _drop_cancelled(self) -> None:
         for req in [r for r in self._running if r.cancel.cancelled]:
             self._release(req)
-            self._record("outcome", "cancelled")
 
     def _release(self, req: _Request) -> None:
         """Leave the batch: free the sequence's cells, its sampler and its slot."""
@@ -365,16 +362,14 @@ class BatchScheduler:
             for req in failed:
                 req.emit(error)
                 self._release(req)
-                self._record("outcome", "error")
             return
         if self.prefix_cache:
             for req in prefilled or ():
                 if not req.prefilling:
                     self._remember_prefix(req)
-        now = time.perf_counter()
         for req, idx in outputs:
             token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
-            self._on_token(req, token, now)
+            self._on_token(req, token)
 
     def _remember_prefix(self, req: _Request) -> None:
         # Keep the newest prompt's KV for the next request that starts the same way.
@@ -384,33 +379,25 @@ class BatchScheduler:
         lc.llama_memory_seq_cp(self._mem, req.seq, self._store_seq, -1, -1)
         self._store = list(req.tokens)
 
-    def _on_token(self, req: _Request, token: int, now: float) -> None:
+    def _on_token(self, req: _Request, token: int) -> None:
         lc = self._lc
-        if req.generated == 0:
-            self._record("ttft", now - req.submitted)
-        else:
-            self._record("itl", now - req.last_token_at)
-        req.last_token_at = now
         if lc.llama_vocab_is_eog(self.vocab, token):
-            self._finish(req, "stop", "stop")
+            self._finish(req, "stop")
             return
         req.generated += 1
-        self._record("tokens", 1)
         assert req.stops is not None
         n = lc.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         text, hit = req.stops.feed(req.utf8.decode(self._piece.raw[: max(n, 0)]))
         if text:
             req.emit(GenerationChunk(text=text))
         if hit:
-            self._finish(req, "stop", "stop", stopped_by_sequence=True)
+            self._finish(req, "stop", stopped_by_sequence=True)
         elif req.generated >= req.budget:
-            self._finish(req, "length", "length")
+            self._finish(req, "length")
         else:
             req.next_token = token
 
-    def _finish(
-        self, req: _Request, reason: str, outcome: str, *, stopped_by_sequence: bool = False
-    ) -> None:
+    def _finish(self, req: _Request, reason: str, *, stopped_by_sequence: bool = False) -> None:
         assert req.stops is not None
         tail = ""
         if not stopped_by_sequence:
@@ -419,7 +406,6 @@ class BatchScheduler:
             if not hit:
                 tail += req.stops.flush()
         self._release(req)
-        self._record("outcome", outcome)
         req.emit(
             GenerationChunk(
                 text=tail,

@@ -47,7 +47,9 @@ class GenerationLimiter:
         return max(1, math.ceil(self.timeout / 10))
 
     async def acquire(self) -> Lease:
-        if self._semaphore.locked() and self.waiting >= self.max_queue:
+        # Decided on our own counters, before the first await: the semaphore only learns of
+        # waiters once they run, so a burst of simultaneous calls would all slip past it.
+        if self.active + self.waiting >= self.slots + self.max_queue:
             raise Busy(self._retry_after())
         self.waiting += 1
         try:

@@ -1,7 +1,7 @@
 """Usage recording: one ledger record per generation, whatever its outcome.
 
-The serving helpers create a `GenerationRecorder` at admission, note each generated piece
-and call `finish()` once; the record goes to the ledger writer's queue (no database call
+`GenerationService` creates a `UsageRecorder` at admission, notes each generated piece
+and calls `finish()` once; the record goes to the ledger writer's queue (no database call
 on the request path), and any failure here is logged, never raised into a generation.
 """
 
@@ -29,7 +29,7 @@ def _endpoint(request: Request) -> str:
     return path[:64]
 
 
-class GenerationRecorder:
+class UsageRecorder:
     def __init__(self, request: Request | None, engine: Engine, prompt: Prompt) -> None:
         self.request = request
         self.engine = engine

@@ -1,0 +1,252 @@
+"""`GenerationService`: the one owner of a generation request's life, for every route and engine.
+
+A route turns its request into a prompt and sampling fields, then asks the service to `start`
+a generation. The service:
+
+- resolves the sampling parameters once (`to_sampling_params` on the request model), checking
+  the prompt and `max_tokens` against the engine's real context window (400 if they do not fit);
+- admits the request through the one limiter (429 with Retry-After past the queue);
+- runs it with cancellation (a client that goes away stops the engine between tokens);
+- records the Prometheus metrics (time to first token, inter-token latency, tokens, outcome)
+  and one usage-ledger record, whatever the engine and however it ends;
+- awaits an `on_finish` hook with the finished completion before the last chunk goes out, which
+  is how a conversation stores its turn (a generation that does not finish stores nothing).
+
+Routes only translate between their API's shapes and `GenerationChunk`s (see `api/sse.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from fastapi import Request
+
+from genai_service import metrics
+from genai_service.api.errors import APIError, busy, engine_unavailable
+from genai_service.engines.base import (
+    Cancellation,
+    Completion,
+    Engine,
+    EngineHTTPError,
+    EngineUnavailable,
+    GenerationChunk,
+    Prompt,
+    SamplingParams,
+)
+from genai_service.serving.limiter import Busy, GenerationLimiter, Lease
+from genai_service.serving.usage import Status, UsageRecorder
+from genai_service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+OnFinish = Callable[[Completion], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """Server-side defaults for the fields a request leaves out."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+
+
+class SamplingRequest(Protocol):
+    """What a request model offers the service (see `api.schemas.SamplingFields`)."""
+
+    def token_limit(self) -> int | None: ...
+
+    def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams: ...
+
+
+def check_context(engine: Engine, prompt: Prompt, requested: int | None, default: int) -> int:
+    """The reply budget: `requested`, or the default clipped to the room left; 400 if no fit."""
+    context = engine.info.context_length  # what the engine enforces (llama.cpp: per slot)
+    n_prompt = len(prompt.token_ids)
+    room = context - n_prompt
+    if room < 1:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens, but the prompt has "
+            f"{n_prompt} tokens. Shorten the prompt or the message history.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is not None and requested > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. You requested "
+            f"{n_prompt + requested} tokens ({n_prompt} in the prompt, {requested} for the "
+            f"completion). Lower max_tokens to at most {room}.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return requested if requested is not None else min(default, room)
+
+
+class GenerationService:
+    def __init__(self, settings: Settings, limiter: GenerationLimiter) -> None:
+        self.limiter = limiter
+        self.defaults = SamplingDefaults(
+            max_tokens=settings.default_max_tokens,
+            temperature=settings.default_temperature,
+            top_p=settings.default_top_p,
+        )
+
+    def sampling(self, engine: Engine, prompt: Prompt, body: SamplingRequest) -> SamplingParams:
+        max_tokens = check_context(engine, prompt, body.token_limit(), self.defaults.max_tokens)
+        return body.to_sampling_params(max_tokens, self.defaults)
+
+    async def start(
+        self,
+        request: Request | None,
+        engine: Engine,
+        prompt: Prompt,
+        body: SamplingRequest,
+        *,
+        on_finish: OnFinish | None = None,
+    ) -> Generation:
+        """Check the limits, then wait for a slot; the generation runs when it is consumed."""
+        params = self.sampling(engine, prompt, body)
+        try:
+            lease = await self.limiter.acquire()
+        except Busy as exc:
+            metrics.REJECTED.inc()
+            raise busy(exc.retry_after) from None
+        return Generation(request, engine, prompt, params, lease, on_finish)
+
+
+class Generation:
+    """One admitted generation: consume it once, with `stream()` or `complete()`."""
+
+    def __init__(
+        self,
+        request: Request | None,
+        engine: Engine,
+        prompt: Prompt,
+        params: SamplingParams,
+        lease: Lease,
+        on_finish: OnFinish | None,
+    ) -> None:
+        self.request = request
+        self.engine = engine
+        self.prompt = prompt
+        self.params = params
+        self.lease = lease
+        self.cancel = Cancellation()
+        self._on_finish = on_finish
+        self._recorder = UsageRecorder(request, engine, prompt)
+        self.result: Completion | None = None
+        self.finished: Any = None  # what on_finish returned (a conversation's stored turn)
+
+    def close(self) -> None:
+        """Free the slot and stop the engine; safe to call again (covers never-started streams)."""
+        self.cancel.cancel()
+        self.lease.release()
+        self._recorder.finish("cancelled")
+
+    async def stream(self) -> AsyncIterator[GenerationChunk]:
+        """The engine's chunks; the last has finish_reason and comes after `on_finish`."""
+        model = self.engine.info.id
+        started = last_at = time.perf_counter()
+        tokens = 0
+        parts: list[str] = []
+        status: Status = "cancelled"  # unless it runs to the end or fails
+        try:
+            # aclosing: a consumer that leaves closes the engine's stream now, not at GC.
+            async with contextlib.aclosing(
+                self.engine.stream(self.prompt, self.params, self.cancel)
+            ) as chunks:
+                async for chunk in chunks:
+                    now = time.perf_counter()
+                    if chunk.text:
+                        if not parts:
+                            metrics.TTFT.labels(model).observe(now - started)
+                        else:
+                            metrics.ITL.labels(model).observe(now - last_at)
+                        last_at = now
+                        parts.append(chunk.text)
+                    self._recorder.piece(chunk)
+                    if chunk.finish_reason is None:
+                        yield chunk
+                        continue
+                    metrics.GENERATED_TOKENS.labels(model).inc(chunk.completion_tokens)
+                    tokens = chunk.completion_tokens
+                    self.result = Completion(
+                        text="".join(parts),
+                        finish_reason=chunk.finish_reason,
+                        prompt_tokens=chunk.prompt_tokens,
+                        completion_tokens=chunk.completion_tokens,
+                    )
+                    if self._on_finish is not None:
+                        self.finished = await self._on_finish(self.result)
+                    status = "ok"
+                    metrics.REQUESTS.labels(model, chunk.finish_reason).inc()
+                    yield chunk
+                    return
+            raise RuntimeError("the engine ended a generation without a finish reason")
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the consumer went away: "cancelled"
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            self.cancel.cancel()  # stop the engine at once (client gone, error)
+            self.lease.release()
+            if status != "ok":
+                metrics.REQUESTS.labels(model, status).inc()
+                if tokens == 0:
+                    metrics.GENERATED_TOKENS.labels(model).inc(len(parts))
+            self._recorder.finish(status, self.result)
+
+    async def complete(self) -> Completion:
+        """Run to the end (no streaming); stops as soon as the client disconnects."""
+        task = asyncio.ensure_future(self._drain())
+        watcher = (
+            asyncio.ensure_future(_watch_disconnect(self.request, self.cancel, task))
+            if self.request is not None
+            else None
+        )
+        try:
+            return await task
+        except (APIError, EngineHTTPError):
+            raise  # EngineHTTPError: an upstream server's answer, passed on as it is
+        except EngineUnavailable as exc:
+            log.warning("generation_engine_unavailable", error=str(exc))
+            raise engine_unavailable(str(exc)) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Answered here (not by the last-resort handler) so the connection stays usable.
+            log.exception("generation_failed")
+            raise APIError(
+                500, "The server had an error while generating.", code="engine_error"
+            ) from None
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self.close()
+
+    async def _drain(self) -> Completion:
+        async for _ in self.stream():
+            pass
+        assert self.result is not None
+        return self.result
+
+
+async def _watch_disconnect(
+    request: Request, cancel: Cancellation, task: asyncio.Future[Any]
+) -> None:
+    # The body is already read, so the next ASGI message is the client hanging up.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.cancel()
+            task.cancel()
+            return
