@@ -141,3 +141,14 @@ async def test_queue_full_is_busy() -> None:
         await svc.start(None, engine, prompt, chat(max_tokens=2))
     assert refused.value.status_code == 429 and "Retry-After" in refused.value.headers
     await running.complete()
+
+
+async def test_fields_an_engine_cannot_honour_are_400() -> None:
+    engine = FakeEngine()  # no "json_schema" feature
+    prompt = await engine.text_prompt("hi")
+    body = chat(response_format={"type": "json_object"})
+    with pytest.raises(APIError) as refused:
+        service().sampling(engine, prompt, body)
+    assert refused.value.status_code == 400 and refused.value.param == "response_format"
+    engine.features = frozenset({"json_schema"})  # type: ignore[attr-defined]
+    assert service().sampling(engine, prompt, body).json_schema == '{"type":"object"}'

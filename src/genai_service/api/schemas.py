@@ -6,6 +6,7 @@ newer SDKs keep working; fields we accept but cannot honour are validated explic
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genai_service.engines.base import SamplingParams
+from genai_service.serving.structured import schema_text, unsupported
 
 if TYPE_CHECKING:
     from genai_service.serving.generation import SamplingDefaults
@@ -100,12 +102,37 @@ class SamplingFields(_Request):
         )
 
 
+class JsonSchemaFormat(_Request):
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """`{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": ...}}`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema_text(self) -> str | None:
+        """The schema the reply must match, serialized; None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return '{"type":"object"}'
+        if self.json_schema is None:
+            raise unsupported("response_format of type json_schema needs a json_schema object.")
+        return schema_text(self.json_schema.schema_ or {"type": "object"})
+
+
 class _SamplingRequest(SamplingFields):
     model: str
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("n")
     @classmethod
@@ -116,6 +143,12 @@ class _SamplingRequest(SamplingFields):
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens, defaults)
+        if self.response_format is None:
+            return params
+        return dataclasses.replace(params, json_schema=self.response_format.schema_text())
 
 
 # --- chat -----------------------------------------------------------------------------------

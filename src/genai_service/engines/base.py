@@ -67,6 +67,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The reply must be JSON matching this schema (serialized), enforced while decoding.
+    json_schema: str | None = None
 
 
 @dataclass(slots=True)
@@ -108,6 +110,13 @@ class Cancellation:
 
 @runtime_checkable
 class Engine(Protocol):
+    """A text-generation engine.
+
+    Optional attribute: `features`, a set of what it honours beyond plain sampling
+    ("json_schema": `SamplingParams.json_schema`); the serving layer answers 400 for a request
+    that needs a feature its engine lacks, so no field is silently ignored.
+    """
+
     info: ModelInfo
     active: int  # generations in progress (observability, tests, metrics)
 

@@ -23,6 +23,7 @@ from genai_service.engines.base import (
 )
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
 from genai_service.engines.worker import Emit, ExecutorEngine
+from genai_service.settings import ModelSpec, Settings
 
 
 def pick_device(device: str) -> str:
@@ -182,3 +183,14 @@ class TransformersEngine(ExecutorEngine):
         if cancel.cancelled:
             return None
         return reply.final(n_prompt)
+
+
+def from_spec(spec: ModelSpec, settings: Settings) -> TransformersEngine:
+    """The registry's factory (engines/registry.py)."""
+    return TransformersEngine(
+        spec.model,
+        model_id=spec.served_model_name,
+        device=settings.device,
+        n_ctx=settings.n_ctx,
+        threads=settings.n_threads,
+    )

@@ -26,6 +26,7 @@ from genai_service.engines.base import (
 from genai_service.engines.onnx_export import FP32_FILE, INT8_FILE
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
 from genai_service.engines.worker import Emit, ExecutorEngine
+from genai_service.settings import ModelSpec, Settings
 
 Precision = Literal["int8", "fp32"]
 
@@ -358,3 +359,24 @@ def _eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
     if isinstance(eos, str) and (token := tokenizer.token_to_id(eos)) is not None:
         ids.add(token)
     return ids
+
+
+def from_spec(spec: ModelSpec, settings: Settings) -> OnnxCausalLMEngine | OnnxEmbeddingEngine:
+    """The registry's factory (engines/registry.py); exports a checkpoint at first use."""
+    from genai_service.engines.registry import resolve_onnx_model
+
+    folder, model_id = resolve_onnx_model(spec.model, settings)
+    if spec.kind == "embedding":
+        return OnnxEmbeddingEngine(
+            folder,
+            model_id=spec.served_model_name or model_id,
+            precision=settings.onnx_precision,
+            threads=settings.n_threads,
+        )
+    return OnnxCausalLMEngine(
+        folder,
+        model_id=spec.served_model_name or model_id,
+        precision=settings.onnx_precision,
+        n_ctx=settings.n_ctx,
+        threads=settings.n_threads,
+    )

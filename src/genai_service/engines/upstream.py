@@ -27,6 +27,7 @@ from genai_service.engines.base import (
     Prompt,
     SamplingParams,
 )
+from genai_service.settings import ModelSpec, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -224,4 +225,20 @@ def _http_error(response: httpx.Response) -> EngineHTTPError:
     # A bad upstream key or an exhausted upstream is the server's problem, not the client's.
     return EngineHTTPError(
         502, f"The upstream model server answered {response.status_code}: {message}", code
+    )
+
+
+def from_spec(spec: ModelSpec, settings: Settings) -> UpstreamEngine:
+    """The registry's factory (engines/registry.py)."""
+    base_url = spec.base_url or settings.upstream_base_url
+    if not base_url:
+        raise ValueError("the upstream engine needs UPSTREAM_BASE_URL (or base_url)")
+    token = settings.openai_api_token
+    return UpstreamEngine(
+        base_url,
+        spec.model,
+        model_id=spec.served_model_name,
+        api_key=token.get_secret_value() if token else None,
+        timeout=settings.upstream_timeout,
+        max_retries=settings.upstream_max_retries,
     )

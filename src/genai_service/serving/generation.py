@@ -90,6 +90,28 @@ def check_context(engine: Engine, prompt: Prompt, requested: int | None, default
     return requested if requested is not None else min(default, room)
 
 
+def check_features(engine: Engine, params: SamplingParams) -> None:
+    """400 for a request that needs what its engine cannot do: never silently ignored."""
+    features = getattr(engine, "features", frozenset())
+    if params.json_schema is not None:
+        if "json_schema" not in features:
+            raise APIError(
+                400,
+                f"The '{engine.info.engine}' engine of model '{engine.info.id}' does not support "
+                "response_format (structured outputs); use a llama.cpp model.",
+                param="response_format",
+                code="unsupported_parameter",
+            )
+        validate = getattr(engine, "validate", None)
+        if validate is not None:
+            try:
+                validate(params)
+            except ValueError as exc:
+                raise APIError(
+                    400, str(exc), param="response_format", code="unsupported_schema"
+                ) from None
+
+
 class GenerationService:
     def __init__(self, settings: Settings, limiter: GenerationLimiter) -> None:
         self.limiter = limiter
@@ -101,7 +123,9 @@ class GenerationService:
 
     def sampling(self, engine: Engine, prompt: Prompt, body: SamplingRequest) -> SamplingParams:
         max_tokens = check_context(engine, prompt, body.token_limit(), self.defaults.max_tokens)
-        return body.to_sampling_params(max_tokens, self.defaults)
+        params = body.to_sampling_params(max_tokens, self.defaults)
+        check_features(engine, params)
+        return params
 
     async def start(
         self,

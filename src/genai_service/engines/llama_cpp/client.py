@@ -44,7 +44,9 @@ from genai_service.engines.base import (
 )
 from genai_service.engines.llama_cpp import core
 from genai_service.engines.llama_cpp.core import CoreConfig, InProcessCore
+from genai_service.engines.llama_cpp.grammar import grammar_for
 from genai_service.engines.worker import Emit, stream_from_worker
+from genai_service.settings import ModelSpec, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -136,20 +138,13 @@ class ProcessCore:
     def submit(
         self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
     ) -> int:
-        params_wire = (
-            params.max_tokens,
-            params.temperature,
-            params.top_p,
-            params.stop,
-            params.seed,
-        )
         with self._lock:
             if self.unavailable is not None or self._commands is None:
                 raise EngineUnavailable(self._unavailable_message())
             req_id = next(self._ids)
             self._inflight[req_id] = emit
             try:
-                self._commands.send(("submit", req_id, tokens, params_wire))
+                self._commands.send(("submit", req_id, tokens, params))
             except OSError:
                 del self._inflight[req_id]
                 raise EngineUnavailable(self._unavailable_message()) from None
@@ -314,6 +309,7 @@ class ProcessCore:
 class LlamaCppEngine:
     engine_name = "llama.cpp"
     warmup = False  # the core's self-test (a real prompt, several tokens) runs at every start
+    features = frozenset({"json_schema"})
 
     def __init__(
         self,
@@ -432,6 +428,11 @@ class LlamaCppEngine:
         return Prompt(text=rendered, token_ids=ids)
 
     # --- generation ------------------------------------------------------------------------
+    def validate(self, params: SamplingParams) -> None:
+        """Before admission: a schema the grammar converter cannot take is the client's 400."""
+        if params.json_schema is not None:
+            grammar_for(params.json_schema)
+
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
@@ -454,3 +455,25 @@ class LlamaCppEngine:
         finally:
             if isinstance(engine_core, ProcessCore) and handle is not None:
                 engine_core.release(handle)
+
+
+def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
+    """The registry's factory (engines/registry.py); may download the GGUF."""
+    from genai_service.model_store import resolve_model
+
+    resolved = resolve_model(
+        spec.model, settings.model_cache_dir, spec.served_model_name, settings.hf_endpoint
+    )
+    return LlamaCppEngine(
+        resolved.path,
+        model_id=resolved.model_id,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_batch=settings.n_batch,
+        n_gpu_layers=settings.n_gpu_layers,
+        n_parallel=settings.n_parallel,
+        prefill_chunk=settings.prefill_chunk,
+        prefix_cache=settings.prefix_cache,
+        batch_invariant=settings.batch_invariant,
+        engine_process=settings.engine_process,
+    )

@@ -5,7 +5,7 @@ here), so a native fault in llama.cpp cannot take the API server down, or in the
 (`InProcessCore`, ENGINE_PROCESS=false), which `bench/` compares it with.
 
 The wire protocol, pickled tuples over two one-way pipes:
-- API -> core: ("submit", id, token_ids, (max_tokens, temperature, top_p, stop, seed)),
+- API -> core: ("submit", id, token_ids, SamplingParams),
   ("cancel", id), ("stop",).
 - core -> API: ("ready", system_info), ("failed", message) at start-up; then one ("step", events,
   records, pending) per scheduler iteration, where an event is (id, text, finish_reason,
@@ -221,9 +221,8 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
             break  # the API process is gone
         kind = message[0]
         if kind == "submit":
-            _, req_id, tokens, (max_tokens, temperature, top_p, stop, seed) = message
+            _, req_id, tokens, params = message
             cancel = cancels[req_id] = Cancellation()
-            params = SamplingParams(max_tokens, temperature, top_p, tuple(stop), seed)
             try:
                 scheduler.submit(tokens, params, cancel, emitter(req_id))
             except RuntimeError:

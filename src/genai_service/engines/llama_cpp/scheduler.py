@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
+from genai_service.engines.llama_cpp.grammar import grammar_for
 from genai_service.engines.text import StopDetector, Utf8Stream
 
 log = structlog.get_logger(__name__)
@@ -218,8 +219,8 @@ class BatchScheduler:
         if req.budget <= 0 or not req.tokens:
             self._finish(req, "length")
             return
+        req.sampler = self._make_sampler(params)  # may raise (a bad grammar): before the slot
         req.seq = self._free_seqs.pop()
-        req.sampler = self._make_sampler(params)
         self._running.append(req)
         # Reuse the stored prefix; at least one prompt token is decoded to get logits.
         if self.prefix_cache and self._store:
@@ -234,6 +235,15 @@ class BatchScheduler:
     def _make_sampler(self, params: SamplingParams) -> Any:
         lc = self._lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if params.json_schema is not None:
+            # First in the chain: only tokens that keep the reply valid JSON for the schema.
+            grammar = lc.llama_sampler_init_grammar(
+                self.vocab, grammar_for(params.json_schema).encode(), b"root"
+            )
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                raise ValueError("llama.cpp could not parse the grammar for this schema")
+            lc.llama_sampler_chain_add(chain, grammar)
         if params.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
             return chain
