@@ -27,6 +27,7 @@ from genai_service.api.routes import (
     health,
     metrics,
     models,
+    tokenize,
 )
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
@@ -150,6 +151,7 @@ def create_app(
     for router in (embeddings.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     app.include_router(generate.router, dependencies=guarded)
+    app.include_router(tokenize.router, dependencies=auth)
     include_storage_routes(app, auth)  # conversations and usage
 
     if settings.allowed_cors_origins:

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genai_service.engines.base import SamplingParams
 from genai_service.serving.structured import schema_text, unsupported
@@ -328,6 +328,34 @@ class GenerateTextResponse(BaseModel):
     model: str
     finish_reason: Literal["stop", "length"]
     usage: Usage
+
+
+# --- tokenizer (as vLLM's and llama-server's /tokenize and /detokenize) -------------------
+class TokenizeRequest(_Request):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessageIn] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt or messages")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int] = Field(max_length=1_000_000)
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 # --- health ---------------------------------------------------------------------------------

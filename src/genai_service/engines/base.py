@@ -44,6 +44,13 @@ class ContextLengthExceeded(EngineError):
         )
 
 
+def check_token_ids(token_ids: Sequence[int], vocab_size: int) -> None:
+    """For `detokenize`: ValueError naming the first id outside the vocabulary."""
+    for token in token_ids:
+        if not 0 <= token < vocab_size:
+            raise ValueError(f"token id {token} is outside the vocabulary (0 to {vocab_size - 1})")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     id: str
@@ -134,6 +141,9 @@ class Engine(Protocol):
 
     async def text_prompt(self, text: str) -> Prompt:
         """Tokenize a raw completion prompt."""
+
+    # Optional: `async def detokenize(self, token_ids: Sequence[int]) -> str` (POST /detokenize),
+    # raising ValueError (via `check_token_ids`) for ids outside the vocabulary.
 
     def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None

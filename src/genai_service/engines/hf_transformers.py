@@ -20,6 +20,7 @@ from genai_service.engines.base import (
     ModelInfo,
     Prompt,
     SamplingParams,
+    check_token_ids,
 )
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
 from genai_service.engines.worker import Emit, ExecutorEngine
@@ -100,6 +101,10 @@ class TransformersEngine(ExecutorEngine):
 
     async def tokenize(self, text: str) -> list[int]:
         return await asyncio.to_thread(lambda: list(self._tokenizer(text)["input_ids"]))
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        check_token_ids(token_ids, len(self._tokenizer))
+        return str(self._tokenizer.decode(list(token_ids)))
 
     async def text_prompt(self, text: str) -> Prompt:
         return Prompt(text=text, token_ids=await self.tokenize(text))

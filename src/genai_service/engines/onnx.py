@@ -22,6 +22,7 @@ from genai_service.engines.base import (
     ModelInfo,
     Prompt,
     SamplingParams,
+    check_token_ids,
 )
 from genai_service.engines.onnx_export import FP32_FILE, INT8_FILE
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
@@ -238,6 +239,10 @@ class OnnxCausalLMEngine(ExecutorEngine):
 
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=True).ids)
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        check_token_ids(token_ids, self._tokenizer.get_vocab_size())
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))
 
     async def text_prompt(self, text: str) -> Prompt:
         return Prompt(text=text, token_ids=await self.tokenize(text))

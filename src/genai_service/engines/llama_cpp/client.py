@@ -41,6 +41,7 @@ from genai_service.engines.base import (
     ModelInfo,
     Prompt,
     SamplingParams,
+    check_token_ids,
 )
 from genai_service.engines.llama_cpp import core
 from genai_service.engines.llama_cpp.core import CoreConfig, InProcessCore
@@ -415,6 +416,13 @@ class LlamaCppEngine:
     async def tokenize(self, text: str) -> list[int]:
         # The vocabulary is read-only, so tokenizing need not wait for the scheduler.
         return await asyncio.to_thread(self._tokenize, text, True)
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        if self._vocab is None:
+            raise RuntimeError("engine is not loaded")
+        # Checked first: llama.cpp reads out of bounds for an id past the vocabulary.
+        check_token_ids(token_ids, self._vocab.n_vocab())
+        return bytes(self._vocab.detokenize(list(token_ids), special=True)).decode(errors="replace")
 
     async def text_prompt(self, text: str) -> Prompt:
         return Prompt(text=text, token_ids=await self.tokenize(text))
