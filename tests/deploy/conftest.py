@@ -1,0 +1,57 @@
+"""Helpers for the deployment tests: load a deploy/ entry point the way its platform does."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+# The real embedded model, as small as it runs: one thread, a 512-token window.
+SERVERLESS_ENV = {
+    "N_THREADS": "1",
+    "N_CTX": "512",
+    "LOG_LEVEL": "warning",
+    "LOG_JSON": "false",
+}
+
+
+def load_entry_point(path: Path, name: str, env: dict[str, str]) -> ModuleType:
+    """Import a platform entry point (function_app.py, handler.py) under `env`, with its
+    folder on sys.path, as the platform's worker imports it."""
+    values = {
+        **SERVERLESS_ENV,
+        "DATA_DIR": tempfile.mkdtemp(prefix="genai-deploy-data-"),
+        **env,
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in values.items():
+            mp.setenv(key, value)
+        mp.syspath_prepend(str(path.parent))
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def engines(module: ModuleType) -> list[Any]:
+    return list(module.fastapi_app.state.service.all_models())
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on a worker loop (sse-starlette's watchers), then close it."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()
