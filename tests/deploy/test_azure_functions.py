@@ -60,7 +60,7 @@ class Worker:
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
-    module = load_entry_point(FOLDER / "function_app.py", "function_app", {})
+    module = load_entry_point(FOLDER / "function_app.py", "deploy_azure_function_app", {})
     app = module.app
     (function,) = app.get_functions()
     loop = asyncio.new_event_loop()
