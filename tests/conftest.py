@@ -119,6 +119,15 @@ def server() -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
+def keyed_server() -> Iterator[RunningServer]:
+    """Embedded SQLite with two API keys (KEY_A, KEY_B): the tenant-isolation tests."""
+    from tests.postgres import KEY_A, KEY_B
+
+    with run_server(api_keys=[KEY_A, KEY_B], n_threads=1) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def client(server: RunningServer) -> openai.OpenAI:
     return server.openai()
 

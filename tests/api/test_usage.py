@@ -138,9 +138,13 @@ def test_usage_report_by_model_key_and_day(pg_server: RunningServer) -> None:
     with pg_server.http() as http:
 
         def buckets() -> dict[tuple[str, str | None], dict[str, Any]]:
-            report = http.get("/v1/usage", headers=auth_a).json()
-            assert report["object"] == "usage.report"
-            return {(b["model"], b["api_key_id"]): b for b in report["data"]}
+            # Each key sees only its own rows: the two reports together hold both keys.
+            found = {}
+            for auth in (auth_a, auth_b):
+                report = http.get("/v1/usage", headers=auth).json()
+                assert report["object"] == "usage.report"
+                found |= {(b["model"], b["api_key_id"]): b for b in report["data"]}
+            return found
 
         before = buckets()
         ids = [_rid() for _ in range(3)]
@@ -169,8 +173,8 @@ def test_usage_report_by_model_key_and_day(pg_server: RunningServer) -> None:
         )
         assert old.json()["data"] == [] and old.json()["totals"]["requests"] == 0
         since = int(time.time()) - 3600
-        recent = http.get("/v1/usage", headers=auth_a, params={"start": str(since)}).json()
-        assert recent["totals"]["requests"] >= 3
+        recent = http.get("/v1/usage", headers=auth_b, params={"start": str(since)}).json()
+        assert recent["totals"]["requests"] >= 2
         for params in ({"start": "yesterday"}, {"start": "2030-01-02", "end": "2030-01-01"}):
             bad = http.get("/v1/usage", headers=auth_a, params=params)
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"

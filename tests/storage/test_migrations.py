@@ -6,12 +6,13 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from genai_service.cli import app as cli
 from genai_service.storage import migrate
-from genai_service.storage.database import make_engine
+from genai_service.storage import repository as repo
+from genai_service.storage.database import Database, make_engine
 from genai_service.storage.models import Base
 
 TABLES = {"conversations", "messages", "completion_records"}
@@ -73,3 +74,42 @@ def test_cli_db_upgrade_reports_unreachable_database() -> None:
     assert result.exit_code == 1
     assert "upgrade failed" in result.output
     assert "secret" not in result.output
+
+
+async def _execute(url: str, *statements: str) -> list[tuple[object, ...]]:
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            rows: list[tuple[object, ...]] = []
+            for statement in statements:
+                result = await conn.execute(text(statement))
+                if result.returns_rows:
+                    rows = [tuple(r) for r in result.all()]
+            return rows
+    finally:
+        await engine.dispose()
+
+
+async def test_owner_migration_moves_an_old_database_forward(empty_url: str) -> None:
+    """0001 → 0002: existing conversations go to `anonymous`, messages are kept; and back."""
+    await migrate.upgrade_async(empty_url, "0001")
+    await _execute(
+        empty_url,
+        "INSERT INTO conversations (id, created_at, updated_at, metadata, message_count) "
+        "VALUES ('conv_old', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '{}', 1)",
+        "INSERT INTO messages (id, conversation_id, seq, role, content, created_at) "
+        "VALUES ('msg_old', 'conv_old', 0, 'user', 'hi', '2026-01-01 00:00:00')",
+    )
+    await migrate.upgrade_async(empty_url)
+    assert await _execute(empty_url, "SELECT id, owner FROM conversations") == [
+        ("conv_old", "anonymous")
+    ]
+    db = Database(empty_url, make_engine(empty_url))
+    try:
+        assert await repo.get_conversation(db, "conv_old", "anonymous") is not None
+        assert await repo.get_conversation(db, "conv_old", "0123abcd") is None
+    finally:
+        await db.close()
+    await migrate.downgrade_async(empty_url, "0001")
+    assert await _execute(empty_url, "SELECT count(*) FROM messages") == [(1,)]
+    assert await _execute(empty_url, "SELECT id FROM conversations") == [("conv_old",)]

@@ -17,6 +17,7 @@ from genai_service.api.errors import (
 )
 from genai_service.engines.base import EmbeddingEngine, Engine
 from genai_service.state import ServiceState
+from genai_service.storage.models import ANONYMOUS
 
 
 def get_state(request: Request) -> ServiceState:
@@ -46,6 +47,18 @@ def require_api_key(request: Request, state: State) -> None:
         raise unauthorized("Incorrect API key provided.")
     # A non-secret name for the key, for the usage ledger: it cannot be turned back into it.
     request.state.api_key_id = hashlib.sha256(presented).hexdigest()[:8]
+
+
+def get_principal(request: Request, _auth: Annotated[None, Depends(require_api_key)]) -> str:
+    """Who is asking: the API key's non-secret id, or `anonymous` when API keys are off.
+
+    Depends on `require_api_key` itself (FastAPI runs it once per request), so no route can
+    read a principal that was not authenticated.
+    """
+    return getattr(request.state, "api_key_id", None) or ANONYMOUS
+
+
+Principal = Annotated[str, Depends(get_principal)]
 
 
 def resolve_engine(state: ServiceState, model: str | None) -> Engine:

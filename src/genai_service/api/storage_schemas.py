@@ -51,6 +51,14 @@ class ConversationObject(BaseModel):
     message_count: int
 
 
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ConversationObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class ConversationDeleted(BaseModel):
     id: str
     object: Literal["conversation.deleted"] = "conversation.deleted"

@@ -1,5 +1,8 @@
 """Tables: conversations, their messages, and the usage ledger (one row per generation).
 
+Every conversation has an owner: the principal that created it (the API key's non-secret id,
+or `anonymous` when API keys are off). Messages belong to their conversation's owner.
+
 Timestamps are naive UTC on purpose: `date(created_at)` then means the same day on SQLite
 and on Postgres, whatever the server's time zone.
 """
@@ -31,10 +34,15 @@ class Base(DeclarativeBase):
     pass
 
 
+ANONYMOUS = "anonymous"
+
+
 class Conversation(Base):
     __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_owner_created_at", "owner", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), default=ANONYMOUS, server_default=ANONYMOUS)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     system_prompt: Mapped[str | None] = mapped_column(Text)

@@ -1,4 +1,8 @@
-"""The repository layer: everything the API asks of the database, one function per question."""
+"""The repository layer: everything the API asks of the database, one function per question.
+
+Every question about a conversation names its owner (the caller's principal): a conversation
+of another owner is answered exactly as one that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 
 from genai_service.storage.database import Database
-from genai_service.storage.models import CompletionRecord, Conversation, Message, utcnow
+from genai_service.storage.models import (
+    ANONYMOUS,
+    CompletionRecord,
+    Conversation,
+    Message,
+    utcnow,
+)
 
 
 class ConversationNotFound(LookupError):
@@ -54,12 +64,14 @@ class ConversationLocks:
 async def create_conversation(
     db: Database,
     *,
+    owner: str = ANONYMOUS,
     system_prompt: str | None = None,
     metadata: dict[str, Any] | None = None,
     model: str | None = None,
 ) -> Conversation:
     conversation = Conversation(
         id=new_conversation_id(),
+        owner=owner,
         system_prompt=system_prompt,
         metadata_=metadata or {},
         model=model,
@@ -72,19 +84,72 @@ async def create_conversation(
     return conversation
 
 
-async def get_conversation(db: Database, conversation_id: str) -> Conversation | None:
+async def get_conversation(
+    db: Database, conversation_id: str, owner: str = ANONYMOUS
+) -> Conversation | None:
+    """The conversation if `owner` owns it; None if it does not exist or is someone else's."""
     async with db.session() as session:
-        return await session.get(Conversation, conversation_id)
-
-
-async def delete_conversation(db: Database, conversation_id: str) -> bool:
-    async with db.session() as session, session.begin():
-        # Messages first: SQLite only cascades with foreign_keys on, so do not rely on it.
-        await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
-        result = await session.execute(
-            delete(Conversation).where(Conversation.id == conversation_id)
+        return await session.scalar(
+            select(Conversation).where(
+                Conversation.id == conversation_id, Conversation.owner == owner
+            )
         )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_conversation(db: Database, conversation_id: str, owner: str = ANONYMOUS) -> bool:
+    async with db.session() as session, session.begin():
+        result = await session.execute(
+            delete(Conversation).where(
+                Conversation.id == conversation_id, Conversation.owner == owner
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return False
+        # SQLite only cascades with foreign_keys on, so do not rely on it.
+        await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+    return True
+
+
+async def list_conversations(
+    db: Database,
+    owner: str,
+    *,
+    limit: int = 20,
+    after: str | None = None,
+    order: str = "desc",
+) -> tuple[list[Conversation], bool]:
+    """A page of `owner`'s conversations by creation time, and whether more follow.
+
+    `after` is the last id of the page before; it must be one of `owner`'s conversations.
+    """
+    ascending = order == "asc"
+    c = Conversation
+    async with db.session() as session:
+        query = select(c).where(c.owner == owner)
+        if after is not None:
+            cursor = await session.scalar(select(c).where(c.id == after, c.owner == owner))
+            if cursor is None:
+                raise InvalidCursor(after)
+            if ascending:
+                query = query.where(
+                    or_(
+                        c.created_at > cursor.created_at,
+                        and_(c.created_at == cursor.created_at, c.id > cursor.id),
+                    )
+                )
+            else:
+                query = query.where(
+                    or_(
+                        c.created_at < cursor.created_at,
+                        and_(c.created_at == cursor.created_at, c.id < cursor.id),
+                    )
+                )
+        if ascending:
+            query = query.order_by(c.created_at.asc(), c.id.asc())
+        else:
+            query = query.order_by(c.created_at.desc(), c.id.desc())
+        rows = (await session.scalars(query.limit(limit + 1))).all()
+    return list(rows[:limit]), len(rows) > limit
 
 
 async def history(db: Database, conversation_id: str, limit: int = 2000) -> list[Message]:
@@ -182,8 +247,17 @@ class UsageRow:
     completion_tokens: int
 
 
-async def usage_summary(db: Database, start: datetime, end: datetime) -> list[UsageRow]:
-    """Requests and tokens per day, model and API key in [start, end) (naive UTC)."""
+_ALL = object()
+
+
+async def usage_summary(
+    db: Database, start: datetime, end: datetime, api_key_id: Any = _ALL
+) -> list[UsageRow]:
+    """Requests and tokens per day, model and API key in [start, end) (naive UTC).
+
+    `api_key_id` limits the rows to one key (None: requests made without a key); left out,
+    every key's rows are summed.
+    """
     r = CompletionRecord
     day = func.date(r.created_at)
 
@@ -205,6 +279,10 @@ async def usage_summary(db: Database, start: datetime, end: datetime) -> list[Us
         .where(r.created_at >= start, r.created_at < end)
         .group_by(day, r.model, r.api_key_id)
     )
+    if api_key_id is None:
+        query = query.where(r.api_key_id.is_(None))
+    elif api_key_id is not _ALL:
+        query = query.where(r.api_key_id == api_key_id)
     async with db.session() as session:
         result = await session.execute(query)
         rows = [

@@ -4,6 +4,9 @@ POST /v1/conversations/{id}/messages builds the prompt from the stored history (
 dropped to fit the context window, the system prompt always kept), generates the reply and
 stores the user and assistant turns in one transaction: both or neither. Posts to one
 conversation run one at a time, so every reply sees the turns before it.
+
+Every conversation belongs to the principal that created it (see `deps.get_principal`); any
+other principal gets the same 404 as for an id that does not exist, so existence never leaks.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from genai_service.api.deps import State, resolve_engine
+from genai_service.api.deps import Principal, State, resolve_engine
 from genai_service.api.errors import APIError, model_not_found
 from genai_service.api.sse import StreamFormat, sse_response, usage_of
 from genai_service.api.storage_deps import StorageDep, database_errors
 from genai_service.api.storage_schemas import (
     ConversationDeleted,
+    ConversationList,
     ConversationObject,
     ConversationTurn,
     CreateConversationRequest,
@@ -73,9 +77,9 @@ def _not_found(conversation_id: str) -> APIError:
     )
 
 
-async def _load(storage: Storage, conversation_id: str) -> Conversation:
+async def _load(storage: Storage, conversation_id: str, owner: str) -> Conversation:
     async with database_errors(storage):
-        conversation = await repo.get_conversation(storage.db, conversation_id)
+        conversation = await repo.get_conversation(storage.db, conversation_id, owner)
     if conversation is None:
         raise _not_found(conversation_id)
     return conversation
@@ -83,26 +87,66 @@ async def _load(storage: Storage, conversation_id: str) -> Conversation:
 
 @router.post("/conversations", response_model=ConversationObject)
 async def create_conversation(
-    body: CreateConversationRequest, state: State, storage: StorageDep
+    body: CreateConversationRequest, state: State, storage: StorageDep, owner: Principal
 ) -> ConversationObject:
     if body.model is not None and state.ready and state.find(body.model) is None:
         raise model_not_found(body.model)
     async with database_errors(storage):
         conversation = await repo.create_conversation(
-            storage.db, system_prompt=body.system_prompt, metadata=body.metadata, model=body.model
+            storage.db,
+            owner=owner,
+            system_prompt=body.system_prompt,
+            metadata=body.metadata,
+            model=body.model,
         )
     return _conversation(conversation)
 
 
+@router.get("/conversations", response_model=ConversationList)
+async def list_conversations(
+    storage: StorageDep,
+    owner: Principal,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    after: Annotated[
+        str | None, Query(description="Cursor: the last conversation id of the previous page.")
+    ] = None,
+    order: Annotated[Literal["asc", "desc"], Query(description="By creation time.")] = "desc",
+) -> ConversationList:
+    """The caller's own conversations, newest first by default."""
+    async with database_errors(storage):
+        try:
+            rows, has_more = await repo.list_conversations(
+                storage.db, owner, limit=limit, after=after, order=order
+            )
+        except repo.InvalidCursor:
+            raise APIError(
+                400,
+                f"'{after}' is not one of your conversations.",
+                param="after",
+                code="invalid_cursor",
+            ) from None
+    data = [_conversation(c) for c in rows]
+    return ConversationList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
+
+
 @router.get("/conversations/{conversation_id}", response_model=ConversationObject)
-async def get_conversation(conversation_id: str, storage: StorageDep) -> ConversationObject:
-    return _conversation(await _load(storage, conversation_id))
+async def get_conversation(
+    conversation_id: str, storage: StorageDep, owner: Principal
+) -> ConversationObject:
+    return _conversation(await _load(storage, conversation_id, owner))
 
 
 @router.delete("/conversations/{conversation_id}", response_model=ConversationDeleted)
-async def delete_conversation(conversation_id: str, storage: StorageDep) -> ConversationDeleted:
+async def delete_conversation(
+    conversation_id: str, storage: StorageDep, owner: Principal
+) -> ConversationDeleted:
     async with database_errors(storage):
-        deleted = await repo.delete_conversation(storage.db, conversation_id)
+        deleted = await repo.delete_conversation(storage.db, conversation_id, owner)
     if not deleted:
         raise _not_found(conversation_id)
     return ConversationDeleted(id=conversation_id)
@@ -112,13 +156,14 @@ async def delete_conversation(conversation_id: str, storage: StorageDep) -> Conv
 async def list_messages(
     conversation_id: str,
     storage: StorageDep,
+    owner: Principal,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     after: Annotated[
         str | None, Query(description="Cursor: the last message id of the previous page.")
     ] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="By position.")] = "asc",
 ) -> MessageList:
-    await _load(storage, conversation_id)
+    await _load(storage, conversation_id, owner)
     async with database_errors(storage):
         try:
             rows, has_more = await repo.list_messages(
@@ -220,8 +265,9 @@ async def post_message(
     request: Request,
     state: State,
     storage: StorageDep,
+    owner: Principal,
 ) -> Any:
-    conversation = await _load(storage, conversation_id)
+    conversation = await _load(storage, conversation_id, owner)
     engine = resolve_engine(state, body.model or conversation.model)
     lock = storage.locks.get(conversation_id)
     await lock.acquire()
@@ -255,7 +301,7 @@ async def post_message(
                 return [_turn(conversation_id, model, done.finished, last, dropped)]
 
             fmt = StreamFormat(
-                delta=lambda text: TurnDelta(conversation_id=conversation_id, delta=text),
+                delta=lambda piece: TurnDelta(conversation_id=conversation_id, delta=piece.text),
                 final=final,
             )
             handed_over = True  # the stream releases the lock when it ends

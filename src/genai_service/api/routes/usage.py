@@ -1,4 +1,8 @@
-"""GET /v1/usage: requests and tokens from the usage ledger, by day, model and API key."""
+"""GET /v1/usage: requests and tokens from the usage ledger, by day, model and API key.
+
+A caller sees only its own key's rows (without API keys: the rows of requests made without
+one).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from genai_service.api.deps import Principal
 from genai_service.api.errors import APIError
 from genai_service.api.storage_deps import StorageDep, database_errors
 from genai_service.api.storage_schemas import UsageBucket, UsageReport, UsageTotals, unix
 from genai_service.storage import repository as repo
+from genai_service.storage.models import ANONYMOUS
 
 router = APIRouter(tags=["usage"])
 
@@ -42,6 +48,7 @@ def _moment(value: str | None, param: str) -> datetime | None:
 @router.get("/usage", response_model=UsageReport)
 async def usage(
     storage: StorageDep,
+    principal: Principal,
     start: Annotated[
         str | None, Query(description="From (inclusive); default: 30 days before `end`.")
     ] = None,
@@ -52,7 +59,9 @@ async def usage(
     if since >= until:
         raise APIError(400, "`start` must be before `end`.", param="start", code="invalid_range")
     async with database_errors(storage):
-        rows = await repo.usage_summary(storage.db, since, until)
+        rows = await repo.usage_summary(
+            storage.db, since, until, None if principal == ANONYMOUS else principal
+        )
     data = [
         UsageBucket(
             day=r.day,
