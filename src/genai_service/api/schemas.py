@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from genai_service.engines.base import SamplingParams
+from genai_service.engines.base import SamplingParams, TokenLogprob
 from genai_service.serving.structured import schema_text, unsupported
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1)]
 MAX_STOP_SEQUENCES = 4
+MAX_TOP_LOGPROBS = 20
 
 
 class SamplingFields(_Request):
@@ -144,11 +145,14 @@ class _SamplingRequest(SamplingFields):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def requested_logprobs(self) -> int | None:
+        """How many top alternatives to return per token; None when logprobs are off."""
+        return None
+
     def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams:
         params = super().to_sampling_params(max_tokens, defaults)
-        if self.response_format is None:
-            return params
-        return dataclasses.replace(params, json_schema=self.response_format.schema_text())
+        schema = self.response_format.schema_text() if self.response_format else None
+        return dataclasses.replace(params, json_schema=schema, logprobs=self.requested_logprobs())
 
 
 # --- chat -----------------------------------------------------------------------------------
@@ -173,6 +177,17 @@ class ChatMessageIn(_Request):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
+
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -183,11 +198,46 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
+def _top(token: bytes, logprob: float) -> TopLogprob:
+    return TopLogprob(token=token.decode(errors="replace"), logprob=logprob, bytes=list(token))
+
+
+def chat_logprobs(entries: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    if entries is None:
+        return None
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=e.token.decode(errors="replace"),
+                logprob=e.logprob,
+                bytes=list(e.token),
+                top_logprobs=[_top(t, lp) for t, lp in e.top],
+            )
+            for e in entries
+        ]
+    )
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -209,7 +259,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -226,6 +276,10 @@ class ChatCompletionChunk(BaseModel):
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -238,11 +292,37 @@ class CompletionRequest(_SamplingRequest):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+def completion_logprobs(
+    entries: list[TokenLogprob] | None, offset: int = 0
+) -> CompletionLogprobs | None:
+    """`offset`: where the first token starts in the choice's text (after an echoed prompt)."""
+    if entries is None:
+        return None
+    tokens = [e.token.decode(errors="replace") for e in entries]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=[e.logprob for e in entries],
+        top_logprobs=[{t.decode(errors="replace"): lp for t, lp in e.top} for e in entries],
+        text_offset=offsets,
+    )
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -36,7 +36,7 @@ def usage_of(result: GenerationChunk | Completion) -> Usage:
 class StreamFormat:
     """How one endpoint turns generation chunks into its event objects."""
 
-    delta: Callable[[str], BaseModel]
+    delta: Callable[[GenerationChunk], BaseModel]  # a chunk with text (and maybe logprobs)
     # The closing events, from the last chunk and the finished generation (e.g. its stored turn).
     final: Callable[[GenerationChunk, Generation], Sequence[BaseModel]]
     first: Callable[[], BaseModel] | None = None
@@ -52,8 +52,8 @@ async def sse_events(generation: Generation, fmt: StreamFormat) -> AsyncIterator
             yield _event(fmt.first())
         last: GenerationChunk | None = None
         async for chunk in generation.stream():
-            if chunk.text:
-                yield _event(fmt.delta(chunk.text))
+            if chunk.text or chunk.logprobs:
+                yield _event(fmt.delta(chunk))
             last = chunk
         assert last is not None and last.finish_reason is not None
         for model in fmt.final(last, generation):

@@ -76,6 +76,8 @@ class SamplingParams:
     seed: int | None = None
     # The reply must be JSON matching this schema (serialized), enforced while decoding.
     json_schema: str | None = None
+    # Log-probabilities of each generated token and of this many top alternatives (None: off).
+    logprobs: int | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +93,15 @@ class Prompt:
     messages: tuple[ChatMessage, ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token: its bytes, log-probability, and the top alternatives."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
 @dataclass(slots=True)
 class GenerationChunk:
     """One streamed piece of a generation; the last one carries `finish_reason`."""
@@ -99,6 +110,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # One entry per generated token covered by this chunk (when logprobs were asked for).
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -120,8 +133,9 @@ class Engine(Protocol):
     """A text-generation engine.
 
     Optional attribute: `features`, a set of what it honours beyond plain sampling
-    ("json_schema": `SamplingParams.json_schema`); the serving layer answers 400 for a request
-    that needs a feature its engine lacks, so no field is silently ignored.
+    ("json_schema", "logprobs": the `SamplingParams` fields of those names); the serving layer
+    answers 400 for a request that needs a feature its engine lacks, so no field is silently
+    ignored.
     """
 
     info: ModelInfo
@@ -173,18 +187,23 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 async def collect(chunks: AsyncIterator[GenerationChunk]) -> Completion:
     """Run a stream to its end and join it into one completion."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] | None = None
     last = GenerationChunk(text="", finish_reason="stop")
     async for chunk in chunks:
         parts.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
         last = chunk
     return Completion(
         text="".join(parts),
         finish_reason=last.finish_reason or "stop",
         prompt_tokens=last.prompt_tokens,
         completion_tokens=last.completion_tokens,
+        logprobs=logprobs,
     )

@@ -38,6 +38,7 @@ from genai_service.engines.base import (
     GenerationChunk,
     Prompt,
     SamplingParams,
+    TokenLogprob,
 )
 from genai_service.serving.limiter import Busy, GenerationLimiter, Lease
 from genai_service.serving.usage import Status, UsageRecorder
@@ -93,6 +94,14 @@ def check_context(engine: Engine, prompt: Prompt, requested: int | None, default
 def check_features(engine: Engine, params: SamplingParams) -> None:
     """400 for a request that needs what its engine cannot do: never silently ignored."""
     features = getattr(engine, "features", frozenset())
+    if params.logprobs is not None and "logprobs" not in features:
+        raise APIError(
+            400,
+            f"The '{engine.info.engine}' engine of model '{engine.info.id}' does not return "
+            "logprobs; use a llama.cpp model.",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
     if params.json_schema is not None:
         if "json_schema" not in features:
             raise APIError(
@@ -181,6 +190,7 @@ class Generation:
         started = last_at = time.perf_counter()
         tokens = 0
         parts: list[str] = []
+        logprobs: list[TokenLogprob] | None = [] if self.params.logprobs is not None else None
         status: Status = "cancelled"  # unless it runs to the end or fails
         try:
             # aclosing: a consumer that leaves closes the engine's stream now, not at GC.
@@ -197,6 +207,8 @@ class Generation:
                         last_at = now
                         parts.append(chunk.text)
                     self._recorder.piece(chunk)
+                    if logprobs is not None and chunk.logprobs:
+                        logprobs.extend(chunk.logprobs)
                     if chunk.finish_reason is None:
                         yield chunk
                         continue
@@ -207,6 +219,7 @@ class Generation:
                         finish_reason=chunk.finish_reason,
                         prompt_tokens=chunk.prompt_tokens,
                         completion_tokens=chunk.completion_tokens,
+                        logprobs=logprobs,
                     )
                     if self._on_finish is not None:
                         self.finished = await self._on_finish(self.result)

@@ -15,6 +15,7 @@ from genai_service.api.schemas import (
     ChatCompletionRequest,
     ChatDelta,
     ChatMessageOut,
+    chat_logprobs,
     new_id,
     now,
 )
@@ -37,13 +38,12 @@ async def chat_completions(
 
     if body.stream:
 
-        def chunk(delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(
-                id=cid,
-                created=created,
-                model=model,
-                choices=[ChatChunkChoice(delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
-            )
+        def chunk(
+            delta: ChatDelta, finish: str | None = None, piece: GenerationChunk | None = None
+        ) -> ChatCompletionChunk:
+            logprobs = chat_logprobs(piece.logprobs) if piece is not None else None
+            choice = ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
+            return ChatCompletionChunk(id=cid, created=created, model=model, choices=[choice])
 
         def final(last: GenerationChunk, _: Generation) -> list[ChatCompletionChunk]:
             events = [chunk(ChatDelta(), last.finish_reason)]
@@ -58,7 +58,7 @@ async def chat_completions(
 
         fmt = StreamFormat(
             first=lambda: chunk(ChatDelta(role="assistant", content="")),
-            delta=lambda text: chunk(ChatDelta(content=text)),
+            delta=lambda piece: chunk(ChatDelta(content=piece.text), piece=piece),
             final=final,
         )
         return sse_response(generation, fmt)
@@ -70,7 +70,9 @@ async def chat_completions(
         model=model,
         choices=[
             ChatChoice(
-                message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+                message=ChatMessageOut(content=result.text),
+                finish_reason=result.finish_reason,
+                logprobs=chat_logprobs(result.logprobs),
             )
         ],
         usage=usage_of(result),

@@ -10,7 +10,9 @@ from genai_service.api.deps import State, resolve_engine
 from genai_service.api.schemas import (
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
+    completion_logprobs,
     new_id,
     now,
 )
@@ -31,11 +33,20 @@ async def completions(
     cid, created, model = new_id("cmpl"), now(), engine.info.id
     prefix = body.prompt_text() if body.echo else ""
 
-    def completion(text: str, finish: str | None = None) -> Completion:
-        choice = CompletionChoice(text=text, finish_reason=finish)  # type: ignore[arg-type]
+    def completion(
+        text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None
+    ) -> Completion:
+        choice = CompletionChoice(text=text, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
         return Completion(id=cid, created=created, model=model, choices=[choice])
 
     if body.stream:
+        offset = len(prefix)
+
+        def streamed(piece: GenerationChunk) -> CompletionLogprobs | None:
+            nonlocal offset
+            logprobs = completion_logprobs(piece.logprobs, offset)
+            offset += len(piece.text)
+            return logprobs
 
         def final(last: GenerationChunk, _: Generation) -> list[Completion]:
             events = [completion("", last.finish_reason)]
@@ -48,7 +59,7 @@ async def completions(
 
         fmt = StreamFormat(
             first=(lambda: completion(prefix)) if prefix else None,
-            delta=completion,
+            delta=lambda piece: completion(piece.text, logprobs=streamed(piece)),
             final=final,
         )
         return sse_response(generation, fmt)
@@ -58,7 +69,13 @@ async def completions(
         id=cid,
         created=created,
         model=model,
-        choices=[CompletionChoice(text=prefix + result.text, finish_reason=result.finish_reason)],
+        choices=[
+            CompletionChoice(
+                text=prefix + result.text,
+                finish_reason=result.finish_reason,
+                logprobs=completion_logprobs(result.logprobs, len(prefix)),
+            )
+        ],
         usage=usage_of(result),
     )
     return JSONResponse(response.model_dump())

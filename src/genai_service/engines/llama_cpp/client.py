@@ -261,18 +261,16 @@ class ProcessCore:
         _, events, records, self.pending = message
         for kind, value in records:
             self._record(kind, value)
-        for req_id, text, finish, prompt_tokens, completion_tokens in events:
-            if finish is None:
-                emit = self._inflight.get(req_id)
-            else:
+        for req_id, item in events:
+            final = isinstance(item, str) or item.finish_reason is not None
+            if final:
                 with self._lock:
                     emit = self._inflight.pop(req_id, None)
+            else:
+                emit = self._inflight.get(req_id)
             if emit is None:
                 continue  # released by its consumer (cancelled)
-            if text is None:
-                emit(EngineError(prompt_tokens))  # the core's error message
-            else:
-                emit(GenerationChunk(text, finish, prompt_tokens, completion_tokens))
+            emit(EngineError(item) if isinstance(item, str) else item)
 
     def _on_death(self) -> None:
         process = self._process
@@ -310,7 +308,7 @@ class ProcessCore:
 class LlamaCppEngine:
     engine_name = "llama.cpp"
     warmup = False  # the core's self-test (a real prompt, several tokens) runs at every start
-    features = frozenset({"json_schema"})
+    features = frozenset({"json_schema", "logprobs"})
 
     def __init__(
         self,

@@ -8,8 +8,8 @@ The wire protocol, pickled tuples over two one-way pipes:
 - API -> core: ("submit", id, token_ids, SamplingParams),
   ("cancel", id), ("stop",).
 - core -> API: ("ready", system_info), ("failed", message) at start-up; then one ("step", events,
-  records, pending) per scheduler iteration, where an event is (id, text, finish_reason,
-  prompt_tokens, completion_tokens) or (id, None, "error", message, 0).
+  records, pending) per scheduler iteration, where an event is (id, GenerationChunk) or
+  (id, error message).
 """
 
 from __future__ import annotations
@@ -197,18 +197,10 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     def emitter(req_id: int) -> Emit:
         def emit(item: GenerationChunk | BaseException) -> None:
             if isinstance(item, BaseException):
-                outbox.append((req_id, None, "error", str(item) or type(item).__name__, 0))
+                outbox.append((req_id, str(item) or type(item).__name__))
                 cancels.pop(req_id, None)
                 return
-            outbox.append(
-                (
-                    req_id,
-                    item.text,
-                    item.finish_reason,
-                    item.prompt_tokens,
-                    item.completion_tokens,
-                )
-            )
+            outbox.append((req_id, item))
             if item.finish_reason is not None:
                 cancels.pop(req_id, None)
 
@@ -227,7 +219,7 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
                 scheduler.submit(tokens, params, cancel, emitter(req_id))
             except RuntimeError:
                 # The scheduler thread died (a bug, already logged): let the supervisor restart us.
-                send(("step", [(req_id, None, "error", "engine stopped", 0)], [], 0))
+                send(("step", [(req_id, "engine stopped")], [], 0))
                 os._exit(70)
         elif kind == "cancel":
             cancel = cancels.pop(message[1], None)

@@ -33,9 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 
-from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
+from genai_service.engines.base import (
+    Cancellation,
+    GenerationChunk,
+    SamplingParams,
+    TokenLogprob,
+)
 from genai_service.engines.llama_cpp.grammar import grammar_for
 from genai_service.engines.text import StopDetector, Utf8Stream
 
@@ -63,6 +69,7 @@ class _Request:
     budget: int = 0
     stops: StopDetector | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
 
     @property
     def prefilling(self) -> bool:
@@ -92,6 +99,7 @@ class BatchScheduler:
         self._lc = llama_cpp
         self.model = model  # llama_cpp._internals.LlamaModel, kept alive while we run
         self.vocab = model.vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
         self.model_id = model_id
         self.n_parallel = n_parallel
         self.prefix_cache = prefix_cache
@@ -379,7 +387,7 @@ class BatchScheduler:
                     self._remember_prefix(req)
         for req, idx in outputs:
             token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
-            self._on_token(req, token)
+            self._on_token(req, token, idx)
 
     def _remember_prefix(self, req: _Request) -> None:
         # Keep the newest prompt's KV for the next request that starts the same way.
@@ -389,23 +397,47 @@ class BatchScheduler:
         lc.llama_memory_seq_cp(self._mem, req.seq, self._store_seq, -1, -1)
         self._store = list(req.tokens)
 
-    def _on_token(self, req: _Request, token: int) -> None:
+    def _on_token(self, req: _Request, token: int, idx: int) -> None:
         lc = self._lc
         if lc.llama_vocab_is_eog(self.vocab, token):
             self._finish(req, "stop")
             return
         req.generated += 1
         assert req.stops is not None
-        n = lc.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
-        text, hit = req.stops.feed(req.utf8.decode(self._piece.raw[: max(n, 0)]))
+        piece = self._token_bytes(token)
+        if req.params.logprobs is not None:
+            req.logprobs.append(self._logprob(idx, token, piece, req.params.logprobs))
+        text, hit = req.stops.feed(req.utf8.decode(piece))
         if text:
-            req.emit(GenerationChunk(text=text))
+            req.emit(GenerationChunk(text=text, logprobs=_take(req)))
         if hit:
             self._finish(req, "stop", stopped_by_sequence=True)
         elif req.generated >= req.budget:
             self._finish(req, "length")
         else:
             req.next_token = token
+
+    def _token_bytes(self, token: int) -> bytes:
+        n = self._lc.llama_token_to_piece(
+            self.vocab, token, self._piece, len(self._piece), 0, False
+        )
+        return self._piece.raw[: max(n, 0)]
+
+    def _logprob(self, idx: int, token: int, piece: bytes, top: int) -> TokenLogprob:
+        """The model's own distribution at this row (before sampling or a grammar changed it)."""
+        logits = np.ctypeslib.as_array(
+            self._lc.llama_get_logits_ith(self._ctx, idx), shape=(self.n_vocab,)
+        )
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+        alternatives: tuple[tuple[bytes, float], ...] = ()
+        if top:
+            ids = np.argpartition(-logits, top)[:top]
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+            alternatives = tuple(
+                (self._token_bytes(int(i)), float(logits[i]) - log_total) for i in ids
+            )
+        return TokenLogprob(piece, float(logits[token]) - log_total, alternatives)
 
     def _finish(self, req: _Request, reason: str, *, stopped_by_sequence: bool = False) -> None:
         assert req.stops is not None
@@ -422,8 +454,17 @@ class BatchScheduler:
                 finish_reason=reason,  # type: ignore[arg-type]
                 prompt_tokens=len(req.tokens),
                 completion_tokens=req.generated,
+                logprobs=_take(req) if req.params.logprobs is not None else None,
             )
         )
+
+
+def _take(req: _Request) -> list[TokenLogprob] | None:
+    """The logprobs gathered since the last chunk (tokens held back by a stop check wait)."""
+    if not req.logprobs:
+        return None
+    taken, req.logprobs = req.logprobs, []
+    return taken
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
