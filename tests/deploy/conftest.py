@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -55,3 +57,26 @@ def close_loop(loop: asyncio.AbstractEventLoop) -> None:
         task.cancel()
     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML loader that reads CloudFormation short-form tags (!Ref, !Sub, ...) as plain values."""
+
+
+CfnLoader.add_multi_constructor(
+    "!",
+    lambda loader, suffix, node: (
+        loader.construct_scalar(node)
+        if isinstance(node, yaml.ScalarNode)
+        else loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node)
+    ),
+)
+
+
+def tool(name: str) -> str:
+    """A command-line tool from the venv (dev extra) or PATH."""
+    found = shutil.which(name, path=str(ROOT / ".venv/bin")) or shutil.which(name)
+    assert found, f"{name} is not installed (it is in the dev extra)"
+    return found

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import MODEL_ID
-from tests.deploy.conftest import DEPLOY, close_loop, engines, load_entry_point
+from tests.deploy.conftest import DEPLOY, CfnLoader, close_loop, engines, load_entry_point, tool
 
 FOLDER = DEPLOY / "aws-lambda"
 
@@ -205,3 +208,41 @@ def test_stream_true_is_buffered_into_one_response(runtime: Runtime) -> None:
     if result.get("isBase64Encoded"):
         text = base64.b64decode(text).decode()
     assert text.rstrip().endswith("data: [DONE]")
+
+
+def test_sam_template_passes_cfn_lint(tmp_path: Path) -> None:
+    # `sam validate --lint` is cfn-lint with the SAM transform; cfn-lint runs it offline.
+    template = FOLDER / "template.yaml"
+    result = subprocess.run(
+        [tool("cfn-lint"), str(template)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # ... and it does find mistakes: a reference to a resource that does not exist.
+    broken = tmp_path / "template.yaml"
+    broken.write_text(template.read_text().replace("GenAIFunctionUrl.FunctionUrl", "Nope.Url"))
+    result = subprocess.run([tool("cfn-lint"), str(broken)], capture_output=True, text=True)
+    assert result.returncode != 0 and "Nope" in result.stdout
+
+
+def test_sam_template_shape() -> None:
+    template = yaml.load((FOLDER / "template.yaml").read_text(), Loader=CfnLoader)
+    function = template["Resources"]["GenAIFunction"]["Properties"]
+    limits = template["Globals"]["Function"]
+    assert limits["Timeout"] <= 900 and limits["MemorySize"] >= 1024
+    assert function["PackageType"] == "Image"
+    assert function["FunctionUrlConfig"]["AuthType"] in {"NONE", "AWS_IAM"}
+    env = function["Environment"]["Variables"]
+    assert env["OPENAI_API_TOKEN"].startswith("{{resolve:secretsmanager:")  # never in the template
+    assert env["DATA_DIR"].startswith("/tmp/")
+    assert function["Events"]["HttpApi"]["Type"] == "HttpApi"
+
+
+def test_lambda_image_dockerfile_lints_and_runs_awslambdaric() -> None:
+    dockerfile = FOLDER / "Dockerfile"
+    result = subprocess.run(
+        [tool("hadolint"), str(dockerfile)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = dockerfile.read_text()
+    assert 'ENTRYPOINT ["python", "-m", "awslambdaric"]' in text
+    assert 'CMD ["handler.handler"]' in text
