@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,33 +12,211 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
+from genai_service import __version__
 from genai_service.cli import app
+from genai_service.settings import Settings
 from tests.conftest import MODEL_ID, free_port
 
 BIN = Path(sys.executable).parent
+# What Rich markup leaves of "Interface to bind [env HOST; default 127.0.0.1].": "bind ."
+EATEN = re.compile(r"\w \.(\s|$)")
 
 
-def test_help_lists_serve_options() -> None:
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed command, in a folder without a .env, with extra environment."""
+    full = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    return subprocess.run(
+        [str(BIN / "genai-service"), *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_lists_serve_options_with_their_env_and_default() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in (
-        "--host",
-        "--port",
-        "--model",
-        "--engine",
-        "--threads",
-        "--ctx-size",
-        "--max-concurrent",
+    text = _flat(result.output)
+    fields = Settings.model_fields
+    for option, env, default in (
+        ("--host", "HOST", fields["host"].default),
+        ("--port", "PORT", fields["port"].default),
+        ("--model", "MODEL", fields["model"].default),
+        ("--engine", "ENGINE", fields["engine"].default),
+        ("--threads", "N_THREADS", "all cores"),
+        ("--ctx-size", "N_CTX", fields["n_ctx"].default),
+        ("--max-concurrent", "MAX_CONCURRENT_GENERATIONS", fields["n_parallel"].default),
+        ("--max-queue", "MAX_QUEUE", fields["max_queue"].default),
+        ("--log-level", "LOG_LEVEL", fields["log_level"].default),
     ):
-        assert option in result.output
+        assert option in text
+        line = text.split(option, 1)[1].split(" --", 1)[0]
+        assert f"[env {env}; default" in line, line
+        assert str(default) in line, (option, line)
+    # Markup is not eaten, flags are plain flags.
+    assert "'owner/repo/file.gguf[@revision]'" in text
+    assert "<bool>" not in text and "--no-reload" not in text
+    assert not EATEN.search(text)
+
+
+def test_every_help_page_renders_its_brackets() -> None:
+    for args in (
+        [],
+        ["models"],
+        ["models", "download"],
+        ["models", "path"],
+        ["models", "export-onnx"],
+        ["db"],
+        ["db", "current"],
+        ["db", "upgrade"],
+    ):
+        result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, args
+        assert not EATEN.search(_flat(result.output)) and "<bool>" not in result.output, args
+    download = _flat(CliRunner().invoke(app, ["models", "download", "--help"]).output)
+    assert "[@revision]" in download and "[env MODEL_CACHE_DIR; default" in download
+
+
+def test_version_long_and_short() -> None:
+    for flag in ("--version", "-V"):
+        result = CliRunner().invoke(app, [flag])
+        assert result.exit_code == 0
+        assert result.output.strip() == f"genai-service {__version__}"
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    result = _run("serve", cwd=tmp_path, env={"PORT": "abc"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("invalid setting PORT:") and "integer" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "expected"),
+    [
+        ({"N_CTX": "1"}, "N_CTX", "greater than or equal to 64"),
+        ({"BUILD_ENV": "staging"}, "BUILD_ENV", "'DEV' or 'PROD'"),
+        ({"LOG_JSON": "maybe"}, "LOG_JSON", "boolean"),
+        ({"DATABASE_URL": "mysql://admin:s3cret-pw@db/genai"}, "DATABASE_URL", "sqlite+aiosqlite"),
+        ({"API_KEYS": "[s3cret-pw"}, "API_KEYS", ""),
+        ({"OPENAI_API_TOKEN": "[s3cret-pw"}, None, None),  # any string is a valid token
+        ({"EXTRA_MODELS": "[s3cret-pw"}, "EXTRA_MODELS", "JSON"),
+        ({"EXTRA_MODELS": '[{"model": "x", "kind": "image"}]'}, "EXTRA_MODELS[0].kind", "chat"),
+    ],
+)
+def test_start_up_errors_are_one_line_without_secrets(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    variable: str | None,
+    expected: str | None,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if variable is None:
+        from genai_service.cli_support import load_settings
+
+        load_settings()
+        return
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"invalid setting {variable}:"), lines[0]
+    assert expected in lines[0]
+    assert "s3cret-pw" not in result.output
+
+
+def test_models_download_offline_fails_fast_and_says_what_to_do(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = _run(
+        "models",
+        "download",
+        "someone/some-repo/model.gguf",
+        cwd=tmp_path,
+        env={"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "MODEL_CACHE_DIR": str(tmp_path)},
+    )
+    assert time.monotonic() - started < 8
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needed in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "MODEL_CACHE_DIR", str(tmp_path), "smollm2"):
+        assert needed in lines[0]
+    assert "MaxRetryError" not in result.stderr and "Retrying" not in result.stderr
+
+
+def test_models_download_of_the_embedded_model_downloads_nothing(tmp_path: Path) -> None:
+    result = _run("models", "download", "smollm2", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "embedded" in result.stderr and "nothing to download" in result.stderr
+    assert result.stdout.strip().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_models_download_of_a_non_spec_says_what_a_spec_is() -> None:
+    result = CliRunner().invoke(app, ["models", "download", "smol"])
+    assert result.exit_code == 2
+    assert "'owner/repo/file.gguf[@revision]'" in result.output
 
 
 def test_models_path_prints_the_embedded_file() -> None:
     result = CliRunner().invoke(app, ["models", "path", "smollm2"])
     assert result.exit_code == 0
     assert result.output.strip().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_models_path_never_downloads(tmp_path: Path) -> None:
+    result = _run(
+        "models",
+        "path",
+        "someone/some-repo/model.gguf",
+        cwd=tmp_path,
+        # A hub that would hang a download: `models path` must not even ask it.
+        env={"HF_ENDPOINT": "http://10.255.255.1", "MODEL_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 1
+    assert "not in the model cache" in result.stderr
+    assert "genai-service models download someone/some-repo/model.gguf" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_db_current_names_the_database_and_creates_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "data" / "genai.db"
+    # The sync spelling is accepted, as in DATABASE_URL.
+    result = CliRunner().invoke(app, ["db", "current", "--database-url", f"sqlite:///{target}"])
+    assert result.exit_code == 0, result.output
+    assert f"database: sqlite+aiosqlite:///{target}" in result.output
+    assert "current: empty" in result.output and "nothing created" in result.output
+    assert not target.exists() and not target.parent.exists()
+
+
+def test_db_current_hides_the_password(tmp_path: Path) -> None:
+    url = "postgresql://genai:s3cret-pw@127.0.0.1:1/genai"
+    result = CliRunner().invoke(app, ["db", "current", "--database-url", url])
+    assert result.exit_code == 1
+    assert "database: postgresql+asyncpg://genai:***@127.0.0.1:1/genai" in result.output
+    assert "s3cret-pw" not in result.output
+
+
+def test_db_rejects_a_foreign_url_in_one_line() -> None:
+    result = CliRunner().invoke(app, ["db", "current", "--database-url", "mysql://u:pw@h/db"])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    assert "sqlite+aiosqlite" in result.output
 
 
 def test_serve_answers_a_chat_completion(tmp_path: Path, minilm_cache: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import shutil
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -14,7 +16,9 @@ from typing import ClassVar
 import pytest
 
 from genai_service.model_store import (
+    HubUnreachableError,
     ModelNotFoundError,
+    NotCachedError,
     embedded_model_path,
     parse_hub_spec,
     resolve_model,
@@ -126,3 +130,42 @@ def test_hub_download_into_cache_and_reuse(mirror: str, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
         resolve_model("someone/some-repo/missing.gguf", cache, endpoint=mirror)
     shutil.rmtree(cache)
+
+
+def test_resolve_without_download_only_looks_in_the_cache(mirror: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(NotCachedError, match=r"models download someone/some-repo/tiny\.gguf"):
+        resolve_model("someone/some-repo/tiny.gguf", cache, endpoint=mirror, download=False)
+    assert _MirrorHandler.gets == 0
+    downloaded = resolve_model("someone/some-repo/tiny.gguf", cache, endpoint=mirror)
+    found = resolve_model("someone/some-repo/tiny.gguf", cache, endpoint=mirror, download=False)
+    assert found.path == downloaded.path and _MirrorHandler.gets == 1
+
+
+def test_a_cached_file_is_served_while_the_hub_is_unreachable(mirror: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = resolve_model("someone/some-repo/tiny.gguf", cache, endpoint=mirror)
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    assert resolve_model("someone/some-repo/tiny.gguf", cache, endpoint=dead).path == first.path
+
+
+def test_an_unreachable_hub_fails_fast_with_what_to_do(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(HubUnreachableError) as caught:
+        resolve_model(
+            "someone/some-repo/tiny.gguf",
+            tmp_path,
+            endpoint=f"http://127.0.0.1:{_closed_port()}",
+        )
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert "\n" not in message
+    for needed in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "MODEL_CACHE_DIR", str(tmp_path), "smollm2"):
+        assert needed in message
+    assert isinstance(caught.value, ModelNotFoundError)  # callers that catch the base still do
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from genai_service.settings import BuildEnv, Settings
+from genai_service.settings import (
+    BuildEnv,
+    Settings,
+    SettingsError,
+    load_settings,
+    normalize_database_url,
+)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +60,68 @@ def test_invalid_values_are_refused() -> None:
         Settings(_env_file=None, n_ctx=1)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         Settings(_env_file=None, build_env="STAGING")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("value", ["", "relative/dir"])
+def test_empty_or_relative_xdg_dirs_fall_back_to_the_home_defaults(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The XDG base directory spec: empty (or relative) means unset, never the working directory.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", value)
+    monkeypatch.setenv("XDG_CACHE_HOME", value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.data_dir == tmp_path / "home" / ".local" / "share" / "genai-service"
+    assert settings.model_cache_dir == tmp_path / "home" / ".cache" / "genai-service" / "models"
+
+
+def test_xdg_dirs_are_used_when_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.data_dir == tmp_path / "data" / "genai-service"
+    assert settings.model_cache_dir == tmp_path / "cache" / "genai-service" / "models"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+pysqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+        ("postgres://u:p@h/db", "postgresql+asyncpg://u:p@h/db"),
+        ("postgresql+psycopg://u:p@h/db", "postgresql+asyncpg://u:p@h/db"),
+        (" sqlite+aiosqlite:///x.db ", "sqlite+aiosqlite:///x.db"),
+    ],
+)
+def test_database_url_sync_spellings_get_the_async_driver(url: str, expected: str) -> None:
+    assert normalize_database_url(url) == expected
+    assert Settings(_env_file=None, database_url=url).database_url == expected  # type: ignore[call-arg]
+
+
+def test_a_foreign_database_url_names_the_forms_but_not_the_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None, database_url="mysql://u:s3cret@h/db")
+    (line,) = caught.value.lines
+    assert line.startswith("invalid setting DATABASE_URL:")
+    assert "postgresql+asyncpg://" in line and "sqlite+aiosqlite://" in line
+    assert "s3cret" not in line
+
+
+def test_the_engine_explains_a_sync_url() -> None:
+    from genai_service.storage.database import make_engine
+
+    with pytest.raises(ValueError, match=r"use 'sqlite\+aiosqlite://'"):
+        make_engine("sqlite:///x.db")
+
+
+def test_each_bad_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "abc")
+    monkeypatch.setenv("N_CTX", "1")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None)
+    assert sorted(line.split(":")[0] for line in caught.value.lines) == [
+        "invalid setting N_CTX",
+        "invalid setting PORT",
+    ]
+    assert any("(got 'abc')" in line for line in caught.value.lines)

@@ -7,33 +7,41 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from genai_service import __version__
+from genai_service.cli_support import console, error, load_settings, note
 from genai_service.db_cli import db_app
 
+# Plain help (no Rich markup): option help says "[env HOST; default 127.0.0.1]", which Rich
+# markup would swallow as a tag.
 app = typer.Typer(
     name="genai-service",
     help="OpenAI-compatible generative-AI service.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-models_app = typer.Typer(help="Find and fetch model files.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Find and fetch model files.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
-console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"genai-service {__version__}")
+        typer.echo(f"genai-service {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Serve an LLM behind an OpenAI-compatible API."""
@@ -42,43 +50,68 @@ def main(
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Interface to bind [env HOST; default 127.0.0.1].")
+        str | None,
+        typer.Option(metavar="HOST", help="Interface to bind [env HOST; default 127.0.0.1]."),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [env PORT; default 8000].")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(metavar="PORT", help="TCP port [env PORT; default 8000]."),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
-            help="'smollm2' (embedded), a .gguf path, or 'owner/repo/file.gguf' "
+            metavar="SPEC",
+            help="'smollm2' (embedded), a .gguf path, or 'owner/repo/file.gguf[@revision]' "
             "from Hugging Face; for other engines an ONNX or checkpoint folder, or the "
-            "upstream's model name [env MODEL]."
+            "upstream's model name [env MODEL; default smollm2].",
         ),
     ] = None,
     engine: Annotated[
         str | None,
         typer.Option(
+            metavar="ENGINE",
             help="Inference engine: llama.cpp, onnx, transformers, upstream "
-            "[env ENGINE; llama.cpp]."
+            "[env ENGINE; default llama.cpp].",
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads [env N_THREADS; all cores].")
+        int | None,
+        typer.Option(min=1, metavar="N", help="CPU threads [env N_THREADS; default: all cores]."),
     ] = None,
     ctx_size: Annotated[
         int | None,
-        typer.Option(min=64, help="Context window per request (slot) [env N_CTX; 4096]."),
+        typer.Option(
+            min=64,
+            metavar="N",
+            help="Context window per request (slot) [env N_CTX; default 4096].",
+        ),
     ] = None,
     max_concurrent: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Generations at once [env MAX_CONCURRENT_GENERATIONS; N_PARALLEL]."
+            min=1,
+            metavar="N",
+            help="Generations at once [env MAX_CONCURRENT_GENERATIONS; default: N_PARALLEL, 4].",
         ),
     ] = None,
     max_queue: Annotated[
         int | None,
-        typer.Option(min=0, help="Requests waiting for a slot before 429 [env MAX_QUEUE; 16]."),
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Requests waiting for a slot before 429 [env MAX_QUEUE; default 16].",
+        ),
     ] = None,
-    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
-    log_level: Annotated[str | None, typer.Option(help="Log level [env LOG_LEVEL; info].")] = None,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Restart on code changes (development).")
+    ] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LEVEL",
+            help="debug, info, warning or error [env LOG_LEVEL; default info].",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP server. Options override the environment and .env."""
     import uvicorn
@@ -97,12 +130,11 @@ def serve(
     # Through the environment, so a --reload worker process sees the same settings.
     os.environ.update({key: str(value) for key, value in overrides.items() if value is not None})
     from genai_service.log_config import configure_logging
-    from genai_service.settings import Settings
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_json)
-    console.print(
-        f"genai-service {__version__}: model [bold]{settings.model}[/] on "
+    note(
+        f"genai-service {__version__}: model {settings.model} on "
         f"http://{settings.host}:{settings.port} (engine {settings.engine})"
     )
     uvicorn.run(
@@ -120,44 +152,79 @@ def serve(
 
 @models_app.command("download")
 def download(
-    spec: Annotated[str, typer.Argument(help="'owner/repo/file.gguf[@revision]' on Hugging Face.")],
+    spec: Annotated[
+        str,
+        typer.Argument(metavar="SPEC", help="'owner/repo/file.gguf[@revision]' on Hugging Face."),
+    ],
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Model cache [env MODEL_CACHE_DIR].")
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Model cache [env MODEL_CACHE_DIR; default ~/.cache/genai-service/models].",
+        ),
     ] = None,
 ) -> None:
-    """Download a model file into the cache (shows a progress bar)."""
-    from genai_service.model_store import ModelNotFoundError, download_from_hub, parse_hub_spec
-    from genai_service.settings import Settings
+    """Download a model file into the cache (shows a progress bar).
 
+    Offline it fails within seconds; HF_ENDPOINT points at a mirror, HF_HUB_OFFLINE=1 uses
+    only the cache.
+    """
+    from genai_service.model_store import (
+        EMBEDDED_MODELS,
+        ModelNotFoundError,
+        download_from_hub,
+        embedded_model_path,
+        parse_hub_spec,
+    )
+
+    if spec in EMBEDDED_MODELS:
+        try:
+            where = embedded_model_path(spec)
+        except ModelNotFoundError as exc:
+            error(str(exc))
+            raise typer.Exit(1) from None
+        note(
+            f"'{spec}' is embedded (in the {EMBEDDED_MODELS[spec][0]} package): nothing to download"
+        )
+        typer.echo(str(where))
+        return
+    if Path(spec).expanduser().is_file():
+        note(f"{spec} is a local file: nothing to download")
+        typer.echo(str(Path(spec).expanduser()))
+        return
     hub = parse_hub_spec(spec)
     if hub is None:
-        console.print(f"[red]'{spec}' is not an 'owner/repo/file' spec[/]")
+        error(
+            f"'{spec}' is not a Hugging Face 'owner/repo/file.gguf[@revision]' spec "
+            f"(nor an embedded model: {', '.join(EMBEDDED_MODELS)}; nor an existing file)"
+        )
         raise typer.Exit(2)
-    settings = Settings()
+    settings = load_settings()
     try:
         path = download_from_hub(hub, cache_dir or settings.model_cache_dir, settings.hf_endpoint)
     except ModelNotFoundError as exc:
-        console.print(f"[red]{exc}[/]")
+        error(str(exc))
         raise typer.Exit(1) from None
-    console.print(f"saved to {path}")
+    note(f"saved to {path}")
     typer.echo(str(path))
 
 
 @models_app.command("path")
 def model_path(
-    spec: Annotated[str, typer.Argument(help="Model spec, as for serve --model.")] = "smollm2",
+    spec: Annotated[
+        str, typer.Argument(metavar="SPEC", help="Model spec, as for serve --model.")
+    ] = "smollm2",
 ) -> None:
-    """Print the local file a model spec resolves to (downloading it if needed)."""
+    """Print the local file a model spec resolves to (never downloads; see `models download`)."""
     from genai_service.model_store import ModelNotFoundError, resolve_model
-    from genai_service.settings import Settings
 
+    settings = load_settings()
     try:
-        settings = Settings()
-        resolved = resolve_model(spec, settings.model_cache_dir, endpoint=settings.hf_endpoint)
-        typer.echo(str(resolved.path))
+        resolved = resolve_model(spec, settings.model_cache_dir, download=False)
     except ModelNotFoundError as exc:
-        console.print(f"[red]{exc}[/]")
+        error(str(exc))
         raise typer.Exit(1) from None
+    typer.echo(str(resolved.path))
 
 
 @models_app.command("export-onnx")
@@ -165,13 +232,19 @@ def export_onnx_command(
     src: Annotated[
         str,
         typer.Argument(
+            metavar="SRC",
             help="Hugging Face checkpoint folder (encoder or causal LM), or 'minilm' for the "
-            "embedded all-MiniLM-L6-v2."
+            "embedded all-MiniLM-L6-v2.",
         ),
     ],
-    out: Annotated[Path, typer.Argument(help="Folder to write the ONNX model into.")],
+    out: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Folder to write the ONNX model into.")
+    ],
     quantize: Annotated[
-        str | None, typer.Option(help="Also write INT8 weights (dynamic quantization): 'int8'.")
+        str | None,
+        typer.Option(
+            metavar="int8", help="Also write INT8 weights (dynamic quantization): 'int8'."
+        ),
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (and INT8); tokenizer and config are copied beside it."""
@@ -186,12 +259,12 @@ def export_onnx_command(
     )
 
     if quantize not in (None, "int8"):
-        console.print(f"[red]--quantize takes 'int8', not '{quantize}'[/]")
+        error(f"--quantize takes 'int8', not '{quantize}'")
         raise typer.Exit(2)
     try:
         source = embedded_checkpoint_dir(src) if src in EMBEDDED_EMBEDDING_MODELS else Path(src)
     except ModelNotFoundError as exc:
-        console.print(f"[red]{exc}[/]")
+        error(str(exc))
         raise typer.Exit(1) from None
     steps = ["export", "quantize", "save"] if quantize else ["export", "save"]
     with Progress(
@@ -211,7 +284,7 @@ def export_onnx_command(
             result = export_onnx(source, out, quantize="int8" if quantize else None, step=step)
         except ExportError as exc:
             progress.stop()
-            console.print(f"[red]{exc}[/]")
+            error(str(exc))
             raise typer.Exit(1) from None
         progress.update(task, completed=len(steps), description=f"done: {source.name}")
 

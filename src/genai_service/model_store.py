@@ -73,11 +73,92 @@ def parse_hub_spec(spec: str) -> HubSpec | None:
     )
 
 
+class HubUnreachableError(ModelNotFoundError):
+    """The hub (or HF_ENDPOINT's mirror) cannot be reached, or downloads are switched off."""
+
+
+class NotCachedError(ModelNotFoundError):
+    """A hub spec whose file is not in the model cache (and nothing was asked to download it)."""
+
+
+# Seconds to wait for the hub to answer at all before giving up (huggingface_hub alone retries
+# a refused connection five times with backoff: 23 s before it says anything).
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def _hub_endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _unreachable(hub: HubSpec, cache_dir: Path, why: str) -> HubUnreachableError:
+    first = next(iter(EMBEDDED_MODELS))
+    return HubUnreachableError(
+        f"cannot download {hub.repo_id}/{hub.filename}: {why}. Set HF_ENDPOINT to a reachable "
+        f"mirror, or HF_HUB_OFFLINE=1 to use only what the model cache ({cache_dir}, "
+        f"MODEL_CACHE_DIR) holds; or pass a local .gguf path; or serve the embedded model "
+        f"'{first}', which needs no download"
+    )
+
+
+def cached_from_hub(hub: HubSpec, cache_dir: Path) -> Path | None:
+    """The file from an earlier download, without any network access; None when absent."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(
+            repo_id=hub.repo_id,
+            filename=hub.filename,
+            revision=hub.revision,
+            cache_dir=str(cache_dir),
+            local_files_only=True,
+        )
+    except Exception:  # LocalEntryNotFoundError and friends: not there
+        return None
+    return Path(path)
+
+
+def probe_hub(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """None when the hub answers HTTP at all (any status); else why it cannot be reached."""
+    from huggingface_hub.utils import get_session
+
+    url = _hub_endpoint(endpoint)
+    try:
+        get_session().head(url, timeout=timeout)
+    except Exception as exc:
+        reason = type(exc).__name__
+        return f"{url} (HF_ENDPOINT) does not answer ({reason})"
+    return None
+
+
 def download_from_hub(hub: HubSpec, cache_dir: Path, endpoint: str | None = None) -> Path:
-    """Fetch one file into the cache (resumable; a second call finds it there)."""
+    """Fetch one file into the cache (resumable; a second call finds it there, offline too).
+
+    Fails within a few seconds when the hub cannot be reached, with a message that says
+    what to do (HubUnreachableError).
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
+    cached = cached_from_hub(hub, cache_dir)
+    if cached is not None and hub.revision is None:
+        return cached
+    if _offline():
+        if cached is not None:
+            return cached
+        raise _unreachable(hub, cache_dir, "HF_HUB_OFFLINE is set and it is not in the cache")
+    why = probe_hub(endpoint)
+    if why is not None:
+        if cached is not None:
+            return cached
+        raise _unreachable(hub, cache_dir, why)
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
         path = hf_hub_download(
@@ -88,13 +169,24 @@ def download_from_hub(hub: HubSpec, cache_dir: Path, endpoint: str | None = None
             endpoint=endpoint,
         )
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
-        raise ModelNotFoundError(f"{hub.repo_id}/{hub.filename}: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"{hub.repo_id}/{hub.filename}: {first_line}") from exc
+    except Exception as exc:
+        # Connection dropped half-way, a gated repo, a proxy answering 5xx ...: one line.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _unreachable(hub, cache_dir, f"{type(exc).__name__} {first_line}"[:300]) from exc
     return Path(path)
 
 
 def resolve_model(
-    spec: str, cache_dir: Path, served_name: str | None = None, endpoint: str | None = None
+    spec: str,
+    cache_dir: Path,
+    served_name: str | None = None,
+    endpoint: str | None = None,
+    *,
+    download: bool = True,
 ) -> ResolvedModel:
+    """The local file for a spec. `download=False` only looks (NotCachedError when absent)."""
     if spec in EMBEDDED_MODELS:
         return ResolvedModel(embedded_model_path(spec), served_name or EMBEDDED_MODELS[spec][3])
     local = Path(spec).expanduser()
@@ -106,7 +198,16 @@ def resolve_model(
             f"model '{spec}' is not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
             "an existing file, or a Hugging Face 'owner/repo/file.gguf' spec"
         )
-    path = download_from_hub(hub, cache_dir, endpoint)
+    if download:
+        path = download_from_hub(hub, cache_dir, endpoint)
+    else:
+        found = cached_from_hub(hub, cache_dir)
+        if found is None:
+            raise NotCachedError(
+                f"{spec} is not in the model cache ({cache_dir}); "
+                f"`genai-service models download {spec}` fetches it"
+            )
+        path = found
     return ResolvedModel(path, served_name or Path(hub.filename).stem)
 
 

@@ -20,14 +20,47 @@ DEFAULT_MODEL = "smollm2"
 SECRETS_DIR = Path(os.environ.get("SECRETS_DIR", "/run/secrets"))
 
 
+def _xdg_dir(variable: str, fallback: Path) -> Path:
+    # The XDG base directory spec: an unset, empty or relative value means the default
+    # (an empty XDG_DATA_HOME must not put the database under the working directory).
+    value = os.environ.get(variable, "")
+    return Path(value) if value and Path(value).is_absolute() else fallback
+
+
 def _default_data_dir() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "genai-service"
+    return _xdg_dir("XDG_DATA_HOME", Path.home() / ".local" / "share") / "genai-service"
 
 
 def _default_cache_dir() -> Path:
-    return (
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-service" / "models"
-    )
+    return _xdg_dir("XDG_CACHE_HOME", Path.home() / ".cache") / "genai-service" / "models"
+
+
+DATABASE_URL_FORMS = (
+    "postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///path/to/file.db"
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """The async-driver form of a database URL; ValueError (saying the forms) for others.
+
+    The usual sync spellings (`postgres://` as Heroku writes it, `postgresql://`,
+    `sqlite:///file.db`) name the same database: they get the async drivers the service uses.
+    """
+    url = url.strip()
+    for prefix, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("sqlite+pysqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            url = driver + url[len(prefix) :]
+    if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
+        raise ValueError(f"expected {DATABASE_URL_FORMS}, not a '{scheme}://' URL")
+    return url
 
 
 class BuildEnv(StrEnum):
@@ -219,21 +252,7 @@ class Settings(BaseSettings):
         # async drivers the service runs on.
         if not isinstance(value, str) or not value.strip():
             return None if isinstance(value, str) else value
-        url = value.strip()
-        for prefix, driver in (
-            ("postgres://", "postgresql+asyncpg://"),
-            ("postgresql://", "postgresql+asyncpg://"),
-            ("postgresql+psycopg2://", "postgresql+asyncpg://"),
-            ("sqlite://", "sqlite+aiosqlite://"),
-        ):
-            if url.startswith(prefix):
-                url = driver + url[len(prefix) :]
-        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-            raise ValueError(
-                "DATABASE_URL must be postgresql+asyncpg://user:password@host/db "
-                "or sqlite+aiosqlite:///path/to/file.db"
-            )
-        return url
+        return normalize_database_url(value)
 
     @field_validator("build_env", mode="before")
     @classmethod
@@ -261,3 +280,51 @@ class Settings(BaseSettings):
         if self.auto_migrate is not None:
             return self.auto_migrate
         return self.resolved_database_url.startswith("sqlite")
+
+
+# --- start-up errors: one line per setting, no traceback, never a secret ------------------------
+# Settings whose values are never echoed back (a URL can hold a password).
+SECRET_SETTINGS = frozenset({"api_keys", "openai_api_token", "database_url"})
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; `lines` has one line per variable, naming it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _describe(error: Any) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    field = loc[0] if loc else "settings"
+    name = field.upper() + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        message = "required"
+    line = f"invalid setting {name}: {message}"
+    value = error.get("input")
+    if field not in SECRET_SETTINGS and isinstance(value, str | int | float) and loc[1:] == []:
+        shown = str(value)
+        line += f" (got {shown[:60]!r}{'...' if len(shown) > 60 else ''})"
+    return line
+
+
+def load_settings(**values: Any) -> Settings:
+    """Settings(), with every failure turned into a SettingsError of one line per variable."""
+    import re
+
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError as SourceError
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError([_describe(e) for e in exc.errors(include_url=False)]) from None
+    except SourceError as exc:
+        # A list or JSON setting pydantic-settings could not decode (EXTRA_MODELS='[oops').
+        found = re.search(r'field "([^"]+)"', str(exc))
+        name = found.group(1).upper() if found else "a setting"
+        raise SettingsError(
+            [f"invalid setting {name}: not valid JSON (see README, Settings)"]
+        ) from None

@@ -49,6 +49,15 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# Sync spellings of a URL -> the async driver to use instead.
+SYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+}
+
+
 def make_engine(
     url: str,
     *,
@@ -59,6 +68,12 @@ def make_engine(
     connect_timeout: float = 5.0,
 ) -> AsyncEngine:
     parsed = make_url(url)
+    if parsed.drivername in SYNC_DRIVERS:
+        # SQLAlchemy would say only "the loaded 'pysqlite' is not async".
+        raise ValueError(
+            f"'{parsed.drivername}://' is a synchronous driver: use "
+            f"'{SYNC_DRIVERS[parsed.drivername]}://' (DATABASE_URL accepts both spellings)"
+        )
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
