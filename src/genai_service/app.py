@@ -31,7 +31,11 @@ from genai_service.api.routes import (
 )
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
-from genai_service.middleware import RequestContextMiddleware
+from genai_service.middleware import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RequestBodyGuard,
+    RequestContextMiddleware,
+)
 from genai_service.serving.generation import GenerationService
 from genai_service.serving.limiter import GenerationLimiter
 from genai_service.settings import Settings
@@ -154,6 +158,11 @@ def create_app(
     app.include_router(tokenize.router, dependencies=auth)
     include_storage_routes(app, auth)  # conversations and usage
 
+    # Innermost: every body is checked (size, valid Unicode) before any route parses it.
+    app.add_middleware(
+        RequestBodyGuard,
+        max_bytes=getattr(settings, "max_request_bytes", None) or DEFAULT_MAX_REQUEST_BYTES,
+    )
     if settings.allowed_cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from genai_service.api.errors import APIError
 
 log = structlog.get_logger("genai_service.access")
 
@@ -52,3 +57,128 @@ class RequestContextMiddleware:
                     ms=round((time.perf_counter() - started) * 1000, 1),
                     request_id=request_id,
                 )
+
+
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+# A JSON escape that may spell half of a UTF-16 surrogate pair (\ud800-\udfff).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in a parsed JSON document (keys too) holds a lone surrogate.
+
+    `json.loads` joins a valid escaped pair into one code point, so any surrogate left in a
+    string is a lone one. Iterative: a deeply nested document cannot exhaust the stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def body_problem(body: bytes, content_type: str = "application/json") -> str | None:
+    """Why a request body cannot be accepted as text, or None.
+
+    Lone surrogates (`"\\ud800"` in JSON, or raw CESU-8 bytes) are valid JSON but not
+    Unicode: no engine can encode them and no database or JSON response can hold them.
+    """
+    if content_type and "json" not in content_type:
+        return None  # not text this service parses; the route says what it expects
+    try:
+        body.decode("utf-8")  # strict: raw surrogate bytes (CESU-8) are not UTF-8
+    except UnicodeDecodeError as exc:
+        return f"The request body is not valid UTF-8 (byte {exc.start})."
+    if not _SURROGATE_ESCAPE.search(body):
+        return None  # the common case: no escape that could spell a surrogate
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None  # malformed JSON: the route's parser answers that with its own 400
+    if _has_lone_surrogate(document):
+        return (
+            'The request contains a lone UTF-16 surrogate (such as "\\ud800"), '
+            "which is not valid Unicode text."
+        )
+    return None
+
+
+class RequestBodyGuard:
+    """Every request body passes here before any route sees it (pure ASGI).
+
+    - Bodies over `max_bytes` answer 413 as soon as `Content-Length` or the bytes received
+      say so, without reading the rest.
+    - Text that is not valid Unicode (lone surrogates, bytes that are not UTF-8) answers 400
+      in the OpenAI error format, so it never reaches an engine or the database: nothing is
+      stored for a rejected request.
+
+    The body is then handed on unchanged; after it, `receive` is the server's own again, so
+    disconnect detection works as before.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send, self._too_large())
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before the body was in
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        problem = body_problem(body, content_type) if body else None
+        if problem is not None:
+            error = APIError(400, problem, code="invalid_unicode")
+            await self._reject(scope, receive, send, error)
+            return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413,
+            f"The request body is larger than the limit of {self.max_bytes} bytes.",
+            code="request_too_large",
+            headers={"Connection": "close"},  # the rest of the body is never read
+        )
+
+    @staticmethod
+    async def _reject(scope: Scope, receive: Receive, send: Send, error: APIError) -> None:
+        await error.response()(scope, receive, send)

@@ -147,13 +147,18 @@ def _engine_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     # Logged in full on the server; the client gets a request id to quote, not the trace.
+    # This handler runs in Starlette's outermost middleware, outside RequestContextMiddleware,
+    # so it sets X-Request-ID itself; and the server closes the connection after it (the
+    # error is re-raised), so it says `Connection: close` and clients do not reuse it.
     request_id = getattr(request.state, "request_id", None)
     log.exception("unhandled_error", path=request.url.path, request_id=request_id)
+    headers = {"Connection": "close"} | ({"X-Request-ID": request_id} if request_id else {})
     return APIError(
         500,
         "The server had an error while processing your request."
         + (f" Request id: {request_id}." if request_id else ""),
         code="internal_error",
+        headers=headers,
     ).response()
 
 

@@ -21,6 +21,11 @@ from genai_service.storage.models import ANONYMOUS
 router = APIRouter(tags=["usage"])
 
 
+# Times are bounded, so every sum below (the 30-day default window, time zones) stays a date.
+EARLIEST = datetime(1970, 1, 1)
+LATEST = datetime(9000, 1, 1)
+
+
 def _moment(value: str | None, param: str) -> datetime | None:
     """Unix seconds, an ISO 8601 date or date-time (UTC unless it says otherwise)."""
     if value is None:
@@ -33,6 +38,9 @@ def _moment(value: str | None, param: str) -> datetime | None:
             moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
         else:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if moment.tzinfo is not None:
+            # 0001-01-01T00:00+01:00 is before year 1 in UTC: an OverflowError.
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
     except (ValueError, OverflowError, OSError):
         raise APIError(
             400,
@@ -40,8 +48,14 @@ def _moment(value: str | None, param: str) -> datetime | None:
             param=param,
             code="invalid_value",
         ) from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    if not EARLIEST <= moment <= LATEST:
+        raise APIError(
+            400,
+            f"'{value}' is out of range: times from {EARLIEST:%Y-%m-%d} to "
+            f"{LATEST:%Y-%m-%d} are accepted.",
+            param=param,
+            code="invalid_value",
+        )
     return moment
 
 

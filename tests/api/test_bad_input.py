@@ -1,0 +1,186 @@
+"""No 5xx on bad input: text that is not Unicode, out-of-range dates, oversized bodies.
+
+Each of these once answered 500 (and a conversation was stored that no GET could show).
+They answer 4xx in the OpenAI error format now, and nothing is stored for them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from genai_service.api.errors import install_error_handlers
+from genai_service.middleware import RequestBodyGuard, RequestContextMiddleware, body_problem
+from tests.api.test_errors import assert_openai_error
+from tests.conftest import MODEL_ID, RunningServer, free_port
+
+LONE = "\ud800"  # json.dumps writes it as the escape "\ud800"
+
+
+def _chat(content: str, system: str = "Be brief.") -> dict[str, Any]:
+    return {
+        "model": MODEL_ID,
+        "max_tokens": 1,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": content}],
+    }
+
+
+SURROGATE_CASES = [
+    ("/v1/chat/completions", _chat(f"hi {LONE}")),
+    ("/v1/chat/completions", _chat("hi", system=f"rules {LONE}")),
+    ("/v1/completions", {"model": MODEL_ID, "prompt": f"Once {LONE}", "max_tokens": 1}),
+    ("/v1/embeddings", {"input": ["fine", "bad \udc00"]}),
+    ("/generate/text", {"prompt": "hi", "system": f"x{LONE}", "max_tokens": 1}),
+    ("/v1/conversations", {"metadata": {"user": f"u{LONE}"}}),
+    ("/v1/conversations", {"metadata": {f"k{LONE}": "v"}}),
+    ("/v1/conversations", {"system_prompt": f"s{LONE}"}),
+]
+
+
+def _conversation_ids(http: httpx.Client) -> set[str]:
+    page = http.get("/v1/conversations", params={"limit": 100}).json()
+    return {c["id"] for c in page["data"]}
+
+
+def test_lone_surrogates_are_400_and_store_nothing(server: RunningServer) -> None:
+    with server.http() as http:
+        before = _conversation_ids(http)
+        conv = http.post("/v1/conversations", json={}).json()
+        cases = [
+            *SURROGATE_CASES,
+            (f"/v1/conversations/{conv['id']}/messages", {"content": f"hi {LONE}"}),
+        ]
+        for path, body in cases:
+            response = http.post(
+                path,
+                content=json.dumps(body),  # ASCII, with the surrogate as a \u escape
+                headers={"X-Request-ID": "surrogate-probe", "content-type": "application/json"},
+            )
+            error = assert_openai_error(response, 400)
+            assert error["code"] == "invalid_unicode", (path, body)
+            assert response.headers["x-request-id"] == "surrogate-probe"
+        # Raw CESU-8 bytes of a surrogate (not UTF-8) in an otherwise fine body.
+        raw = b'{"prompt": "hi \xed\xa0\x80", "max_tokens": 1}'
+        response = http.post(
+            "/generate/text", content=raw, headers={"content-type": "application/json"}
+        )
+        assert assert_openai_error(response, 400)["code"] == "invalid_unicode"
+        # Nothing was stored: no new conversation, no message in the existing one.
+        assert _conversation_ids(http) == before | {conv["id"]}
+        assert http.get(f"/v1/conversations/{conv['id']}").json()["message_count"] == 0
+        http.delete(f"/v1/conversations/{conv['id']}")
+        # A valid pair (an emoji), and an escaped backslash before "ud800", are fine.
+        for prompt in ("smile \U0001f600", "path \\ud800"):
+            ok = http.post("/generate/text", json={"prompt": prompt, "max_tokens": 1})
+            assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("body", "bad"),
+    [
+        (b'{"a": "\\ud800"}', True),
+        (b'{"a": "\\uDFFF"}', True),
+        (b'{"\\udc00": 1}', True),
+        (b'{"a": [[{"b": "x\\ud83d"}]]}', True),
+        (b'{"a": "\\ud83d\\ude00"}', False),
+        (b'{"a": "\\\\ud800"}', False),
+        (b'{"a": "\\ud800', False),  # malformed JSON: the route's parser answers it
+        (b'{"a": "\xed\xa0\x80"}', True),
+        (b'{"a": "\xff"}', True),
+        (b'{"a": "plain"}', False),
+    ],
+)
+def test_body_problem(body: bytes, bad: bool) -> None:
+    assert (body_problem(body) is not None) is bad
+    assert body_problem(body, "text/plain") is None  # only JSON bodies are text here
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"end": "0001-01-05"},
+        {"start": "0001-01-01T00:00:00+01:00"},
+        {"end": "9999-12-31T23:59:59-01:00"},
+        {"start": "0001-01-01", "end": "0001-01-02"},
+        {"end": "99999999999999999999"},
+        {"start": "1e400"},
+        {"end": "9999-12-31"},
+    ],
+)
+def test_usage_dates_out_of_range_are_400(server: RunningServer, params: dict[str, str]) -> None:
+    with server.http() as http:
+        response = http.get("/v1/usage", params=params)
+    error = assert_openai_error(response, 400)
+    assert error["param"] in ("start", "end")
+
+
+def test_oversized_body_is_413_before_it_is_read(server: RunningServer) -> None:
+    limit = RequestBodyGuard(FastAPI()).max_bytes
+    big = b'{"prompt": "' + b"a" * (limit + 1) + b'"}'
+    with server.http() as http:
+        response = http.post(
+            "/generate/text", content=big, headers={"content-type": "application/json"}
+        )
+        error = assert_openai_error(response, 413)
+        assert error["code"] == "request_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"prompt": "'
+            for _ in range(limit // 65536 + 2):
+                yield b"a" * 65536
+            yield b'"}'
+
+        streamed = http.post(
+            "/generate/text", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert_openai_error(streamed, 413)
+
+
+@pytest.fixture(scope="module")
+def fragile() -> Iterator[str]:
+    """A bare app (no model) whose /boom raises: the unhandled-error path over real HTTP."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    @app.get("/ok")
+    async def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.add_middleware(RequestContextMiddleware)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_unhandled_500_has_request_id_and_closes(fragile: str) -> None:
+    with httpx.Client(base_url=fragile) as http:
+        response = http.get("/boom", headers={"X-Request-ID": "probe-500"})
+        error = assert_openai_error(response, 500)
+        assert "secret internal detail" not in response.text
+        assert "probe-500" in error["message"]
+        assert response.headers["x-request-id"] == "probe-500"
+        assert response.headers["connection"] == "close"
+        # The client was told the connection ends, so the next request opens a new one.
+        assert http.get("/ok").status_code == 200
