@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from genai_service.api.errors import APIError
 from genai_service.engines.base import SamplingParams, TokenLogprob
 from genai_service.serving.structured import schema_text, unsupported
 
@@ -161,10 +162,23 @@ class TextContentPart(_Request):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageIn(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -174,8 +188,55 @@ class ChatMessageIn(_Request):
         return "".join(part.text for part in self.content)
 
 
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+def tool_call_schema(tools: list[ToolDefinition]) -> str:
+    """The JSON schema of one call to one of `tools`, checked for what a grammar enforces."""
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.function.name},
+                "arguments": tool.function.parameters,
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    try:
+        return schema_text(options[0] if len(options) == 1 else {"anyOf": options})
+    except APIError as exc:
+        raise APIError(400, f"In tools: {exc.message}", param="tools", code=exc.code) from None
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
+    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -189,13 +250,43 @@ class ChatCompletionRequest(_SamplingRequest):
     def requested_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    def callable_tools(self) -> list[ToolDefinition]:
+        """The tools the model may call in this request (none with tool_choice "none")."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            chosen = [t for t in self.tools if t.function.name == name]
+            if not chosen:
+                raise APIError(
+                    400,
+                    f"tool_choice names the function '{name}', which is not in tools.",
+                    param="tool_choice",
+                    code="invalid_tool_choice",
+                )
+            return chosen
+        return list(self.tools)
+
+    def forces_tool_call(self) -> bool:
+        return bool(self.tools) and (
+            self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        )
+
+    def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens, defaults)
+        if not self.forces_tool_call():
+            return params
+        # A forced call is structured output: one call to one of the tools, arguments valid.
+        return dataclasses.replace(params, json_schema=tool_call_schema(self.callable_tools()))
+
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -236,7 +327,7 @@ def chat_logprobs(entries: list[TokenLogprob] | None) -> ChatLogprobs | None:
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChatLogprobs | None = None
 
 
@@ -250,15 +341,28 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: ChatLogprobs | None = None
 
 

@@ -36,7 +36,8 @@ def usage_of(result: GenerationChunk | Completion) -> Usage:
 class StreamFormat:
     """How one endpoint turns generation chunks into its event objects."""
 
-    delta: Callable[[GenerationChunk], BaseModel]  # a chunk with text (and maybe logprobs)
+    # A chunk with text (and maybe logprobs) -> its event, or None to send nothing for it now.
+    delta: Callable[[GenerationChunk], BaseModel | None]
     # The closing events, from the last chunk and the finished generation (e.g. its stored turn).
     final: Callable[[GenerationChunk, Generation], Sequence[BaseModel]]
     first: Callable[[], BaseModel] | None = None
@@ -53,7 +54,9 @@ async def sse_events(generation: Generation, fmt: StreamFormat) -> AsyncIterator
         last: GenerationChunk | None = None
         async for chunk in generation.stream():
             if chunk.text or chunk.logprobs:
-                yield _event(fmt.delta(chunk))
+                event = fmt.delta(chunk)
+                if event is not None:
+                    yield _event(event)
             last = chunk
         assert last is not None and last.finish_reason is not None
         for model in fmt.final(last, generation):
