@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from genai_service.settings import Settings
-from genai_service.storage.database import Database, is_sqlite, make_engine
+from genai_service.storage.database import Database, describe_error, is_sqlite, make_engine
 from genai_service.storage.ledger import LedgerWriter, UsageRecord
 from genai_service.storage.repository import ConversationLocks
 
@@ -52,7 +52,7 @@ async def _prepare_once(db: Database, migrate: bool) -> bool:
         raise
     except Exception as exc:
         db.mark_down(exc)
-        log.warning("database_not_ready", error=str(exc).splitlines()[0][:200])
+        log.warning("database_not_ready", error=describe_error(exc, db.url))
         return False
     head = migrations.head_revision()
     db.schema_ready = current == head

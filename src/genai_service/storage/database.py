@@ -37,6 +37,31 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def describe_error(exc: BaseException, url: str) -> str:
+    """The first line of an error, for a log line: short, and never holding the URL's password.
+
+    Drivers name hosts and users in their errors but not passwords; this makes sure of it.
+    """
+    line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password and str(password) in line:
+        line = line.replace(str(password), "***")
+    return line
+
+
+def parse_database_url(url: str) -> Any:
+    """`make_url`, with an error that says what is wrong without repeating the URL (and so
+    its password)."""
+    try:
+        return make_url(url)
+    except Exception as exc:
+        what = "its port is not a number" if "int()" in str(exc) else "it is not a URL"
+        raise ValueError(f"DATABASE_URL cannot be parsed: {what}") from None
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return True
@@ -67,7 +92,7 @@ def make_engine(
     pool_recycle: int = 1800,
     connect_timeout: float = 5.0,
 ) -> AsyncEngine:
-    parsed = make_url(url)
+    parsed = parse_database_url(url)
     if parsed.drivername in SYNC_DRIVERS:
         # SQLAlchemy would say only "the loaded 'pysqlite' is not async".
         raise ValueError(
@@ -138,7 +163,7 @@ class Database:
 
     def mark_down(self, exc: BaseException) -> None:
         if self.healthy:
-            log.warning("database_unavailable", error=str(exc).splitlines()[0][:200])
+            log.warning("database_unavailable", error=describe_error(exc, self.url))
         self.healthy = False
         self.reason = f"database unavailable: {type(exc).__name__}"
         self._checked_at = time.monotonic()
