@@ -1,0 +1,81 @@
+"""The production image under the rules of Cloud Run, OpenShift and the other image platforms:
+read-only root filesystem, an arbitrary non-root UID with group 0, the port from $PORT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.containers import dockerkit
+
+PROD_TAG = "genai-test/genai-service:prod"  # the tag tests/containers builds: one build for both
+
+
+@pytest.fixture(scope="module")
+def production_image() -> str:
+    try:
+        dockerkit.ensure_engine()
+    except dockerkit.DockerUnavailable as exc:
+        pytest.skip(f"Docker unavailable: {exc}")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"Docker could not be set up here: {exc}")
+    dockerkit.build(
+        dockerkit.ROOT, PROD_TAG, target="production", build_args=dockerkit.local_build_args()
+    )
+    return PROD_TAG
+
+
+@pytest.fixture
+def container() -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        dockerkit.docker("rm", "-f", "-v", name, check=False)
+
+
+def test_image_runs_read_only_as_an_arbitrary_uid_on_port(
+    production_image: str, container: list[str]
+) -> None:
+    models: Path = dockerkit.models_dir()
+    model = next(models.glob("*.gguf")).name
+    name = f"genai-test-platform-{uuid.uuid4().hex[:8]}"
+    container.append(name)
+    dockerkit.docker(
+        "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--user", "12345:0",
+        "--cap-drop", "ALL", "-p", "127.0.0.1::9090", "-e", "PORT=9090",
+        "-e", "DATA_DIR=/tmp/data", "-e", "LOG_JSON=true", "-e", "N_CTX=512", "-e", "N_THREADS=1",
+        "-v", f"{models}:/models:ro", "-e", f"MODEL=/models/{model}", production_image,
+    )  # fmt: skip
+    port = dockerkit.docker("port", name, "9090/tcp").stdout.split()[0]
+    base = f"http://{port}"
+    dockerkit.wait_http(f"{base}/health/ready", timeout=180)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+    served = client.models.list().data[0].id
+    reply = client.chat.completions.create(
+        model=served, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content
+    assert dockerkit.docker("exec", name, "id", "-u").stdout.strip() == "12345"
+    logs = dockerkit.docker("logs", name)
+    lines = [line for line in (logs.stdout + logs.stderr).splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines if is_json_object(line)]
+    assert any(e.get("event") == "request" and e.get("status") == 200 for e in events), lines
+    # Known gap (README): the CLI's start-up banner and uvicorn's own lines are still plain text.
+    not_json = [line for line in lines if not is_json_object(line)]
+    assert all(
+        "Uvicorn" in line or "uvicorn" in line or line.startswith(("INFO:", "genai-service "))
+        for line in not_json
+    ), not_json
+
+
+def is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
