@@ -61,6 +61,7 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1)]
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
+MAX_CHOICES = 16
 
 
 class SamplingFields(_Request):
@@ -130,18 +131,11 @@ class ResponseFormat(_Request):
 
 class _SamplingRequest(SamplingFields):
     model: str
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

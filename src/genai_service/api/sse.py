@@ -24,43 +24,83 @@ from genai_service.serving.generation import Generation
 log = structlog.get_logger(__name__)
 
 
-def usage_of(result: GenerationChunk | Completion) -> Usage:
+def usage_of(*results: GenerationChunk | Completion) -> Usage:
+    """Usage of one choice, or of n choices of one prompt (the prompt counted once)."""
+    prompt = results[0].prompt_tokens
+    completion = sum(r.completion_tokens for r in results)
     return Usage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
 
 
 @dataclass(frozen=True, slots=True)
 class StreamFormat:
-    """How one endpoint turns generation chunks into its event objects."""
+    """How one endpoint turns the chunks of its choices (index 0 to n-1) into event objects."""
 
     # A chunk with text (and maybe logprobs) -> its event, or None to send nothing for it now.
-    delta: Callable[[GenerationChunk], BaseModel | None]
-    # The closing events, from the last chunk and the finished generation (e.g. its stored turn).
-    final: Callable[[GenerationChunk, Generation], Sequence[BaseModel]]
-    first: Callable[[], BaseModel] | None = None
+    delta: Callable[[GenerationChunk, int], BaseModel | None]
+    # A choice's closing events, from its last chunk and its finished generation (which holds
+    # what on_finish returned, e.g. a stored turn).
+    final: Callable[[GenerationChunk, Generation, int], Sequence[BaseModel]]
+    first: Callable[[int], BaseModel] | None = None
+    # Once, after every choice finished (e.g. the usage chunk), from their last chunks.
+    end: Callable[[list[GenerationChunk]], Sequence[BaseModel]] | None = None
 
 
 def _event(model: BaseModel) -> dict[str, str]:
     return {"data": model.model_dump_json()}
 
 
-async def sse_events(generation: Generation, fmt: StreamFormat) -> AsyncIterator[dict[str, str]]:
+async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """The chunks of every choice as they come, each with its choice index."""
+    if len(generations) == 1:
+        async for chunk in generations[0].stream():
+            yield 0, chunk
+        return
+    queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException]] = asyncio.Queue()
+
+    async def pump(index: int, generation: Generation) -> None:
+        try:
+            async for chunk in generation.stream():
+                queue.put_nowait((index, chunk))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        running = len(generations)
+        while running:
+            index, item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield index, item
+            if item.finish_reason is not None:
+                running -= 1
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def sse_events(
+    generations: list[Generation], fmt: StreamFormat
+) -> AsyncIterator[dict[str, str]]:
     try:
         if fmt.first is not None:
-            yield _event(fmt.first())
-        last: GenerationChunk | None = None
-        async for chunk in generation.stream():
+            for index in range(len(generations)):
+                yield _event(fmt.first(index))
+        lasts: dict[int, GenerationChunk] = {}
+        async for index, chunk in _merged(generations):
             if chunk.text or chunk.logprobs:
-                event = fmt.delta(chunk)
+                event = fmt.delta(chunk, index)
                 if event is not None:
                     yield _event(event)
-            last = chunk
-        assert last is not None and last.finish_reason is not None
-        for model in fmt.final(last, generation):
-            yield _event(model)
+            if chunk.finish_reason is not None:
+                lasts[index] = chunk
+                for model in fmt.final(chunk, generations[index], index):
+                    yield _event(model)
+        if fmt.end is not None:
+            for model in fmt.end([lasts[i] for i in range(len(generations))]):
+                yield _event(model)
         yield {"data": "[DONE]"}
     except asyncio.CancelledError:
         raise
@@ -79,21 +119,27 @@ async def sse_events(generation: Generation, fmt: StreamFormat) -> AsyncIterator
             )
         }
     finally:
-        generation.close()  # client gone or stream over: stop the engine, free the slot
+        for generation in generations:  # client gone or stream over: stop, free the slots
+            generation.close()
 
 
 def sse_response(
-    generation: Generation, fmt: StreamFormat, on_close: Callable[[], None] | None = None
+    generations: Generation | list[Generation],
+    fmt: StreamFormat,
+    on_close: Callable[[], None] | None = None,
 ) -> EventSourceResponse:
+    choices = generations if isinstance(generations, list) else [generations]
+
     def cleanup() -> None:
         # Also done by the generator; this covers a stream that never got to start.
-        generation.close()
+        for generation in choices:
+            generation.close()
         if on_close is not None:
             on_close()
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
-            async for event in sse_events(generation, fmt):
+            async for event in sse_events(choices, fmt):
                 yield event
         finally:
             if on_close is not None:

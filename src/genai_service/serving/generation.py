@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -64,6 +65,13 @@ class SamplingRequest(Protocol):
     def token_limit(self) -> int | None: ...
 
     def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams: ...
+
+
+def _choice(params: SamplingParams, index: int) -> SamplingParams:
+    # With a seed, choice i samples with seed + i: reproducible, yet not n copies of one reply.
+    if params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=params.seed + index)
 
 
 def check_context(engine: Engine, prompt: Prompt, requested: int | None, default: int) -> int:
@@ -153,6 +161,49 @@ class GenerationService:
             metrics.REJECTED.inc()
             raise busy(exc.retry_after) from None
         return Generation(request, engine, prompt, params, lease, on_finish)
+
+    async def start_choices(
+        self, request: Request | None, engine: Engine, prompt: Prompt, body: SamplingRequest
+    ) -> list[Generation]:
+        """`n` independent choices of one prompt, admitted together (one slot each)."""
+        n = getattr(body, "n", 1)
+        if n == 1:
+            return [await self.start(request, engine, prompt, body)]
+        if n > self.limiter.slots:
+            raise APIError(
+                400,
+                f"n is {n}, but this server runs at most {self.limiter.slots} generations at "
+                "once (MAX_CONCURRENT_GENERATIONS).",
+                param="n",
+                code="invalid_value",
+            )
+        params = self.sampling(engine, prompt, body)
+        leases: list[Lease] = []
+        try:
+            for _ in range(n):
+                leases.append(await self.limiter.acquire())
+        except BaseException as exc:
+            for lease in leases:
+                lease.release()
+            if isinstance(exc, Busy):
+                metrics.REJECTED.inc()
+                raise busy(exc.retry_after) from None
+            raise
+        return [
+            Generation(request, engine, prompt, _choice(params, i), lease, None)
+            for i, lease in enumerate(leases)
+        ]
+
+
+async def complete_all(generations: list[Generation]) -> list[Completion]:
+    """Run n choices together (each a sequence of the same batch); the first failure wins."""
+    if len(generations) == 1:
+        return [await generations[0].complete()]
+    results = await asyncio.gather(*(g.complete() for g in generations), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 class Generation:

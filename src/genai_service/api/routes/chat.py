@@ -24,7 +24,7 @@ from genai_service.api.schemas import (
 )
 from genai_service.api.sse import StreamFormat, sse_response, usage_of
 from genai_service.engines.base import GenerationChunk
-from genai_service.serving.generation import Generation
+from genai_service.serving.generation import Generation, complete_all
 
 router = APIRouter(tags=["openai"])
 
@@ -36,34 +36,44 @@ async def chat_completions(
     engine = resolve_engine(state, body.model)
     callable_tools = body.callable_tools()
     prompt = await engine.chat_prompt(tools.messages(body))
-    generation = await state.generations.start(request, engine, prompt, body)
+    generations = await state.generations.start_choices(request, engine, prompt, body)
     cid, created, model = new_id("chatcmpl"), now(), engine.info.id
 
     if body.stream:
 
         def chunk(
-            delta: ChatDelta, finish: str | None = None, piece: GenerationChunk | None = None
+            index: int,
+            delta: ChatDelta,
+            finish: str | None = None,
+            piece: GenerationChunk | None = None,
         ) -> ChatCompletionChunk:
             logprobs = chat_logprobs(piece.logprobs) if piece is not None else None
-            choice = ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
+            choice = ChatChunkChoice(
+                index=index,
+                delta=delta,
+                finish_reason=finish,  # type: ignore[arg-type]
+                logprobs=logprobs,
+            )
             return ChatCompletionChunk(id=cid, created=created, model=model, choices=[choice])
 
-        calls = tools.ToolCallStream(callable_tools, body.forces_tool_call())
+        forced = body.forces_tool_call()
+        calls = [tools.ToolCallStream(callable_tools, forced) for _ in generations]
 
-        def delta(piece: GenerationChunk) -> ChatCompletionChunk | None:
-            text = calls.feed(piece.text) if callable_tools else piece.text
-            if not text and not (piece.logprobs and calls.mode == "content"):
+        def delta(piece: GenerationChunk, index: int) -> ChatCompletionChunk | None:
+            stream = calls[index]
+            text = stream.feed(piece.text) if callable_tools else piece.text
+            if not text and not (piece.logprobs and stream.mode == "content"):
                 return None  # held back: it may be a tool call
-            return chunk(ChatDelta(content=text), piece=piece)
+            return chunk(index, ChatDelta(content=text), piece=piece)
 
-        def final(last: GenerationChunk, _: Generation) -> list[ChatCompletionChunk]:
+        def final(last: GenerationChunk, _: Generation, index: int) -> list[ChatCompletionChunk]:
             events = []
             finish: str | None = last.finish_reason
             if callable_tools:
-                call, held_back = calls.finish()
+                call, held_back = calls[index].finish()
                 if call is not None:
                     # As the OpenAI SDK assembles them: id, type and name first, then arguments.
-                    first = ToolCallDelta(
+                    head = ToolCallDelta(
                         index=0,
                         id=call.id,
                         type="function",
@@ -73,47 +83,49 @@ async def chat_completions(
                         index=0, function=FunctionCallDelta(arguments=call.function.arguments)
                     )
                     events += [
-                        chunk(ChatDelta(tool_calls=[first])),
-                        chunk(ChatDelta(tool_calls=[rest])),
+                        chunk(index, ChatDelta(tool_calls=[head])),
+                        chunk(index, ChatDelta(tool_calls=[rest])),
                     ]
                     finish = "tool_calls"
                 elif held_back:
-                    events.append(chunk(ChatDelta(content=held_back)))
-            events.append(chunk(ChatDelta(), finish))
-            if body.include_usage():
-                usage = usage_of(last)
-                events.append(
-                    ChatCompletionChunk(
-                        id=cid, created=created, model=model, choices=[], usage=usage
-                    )
-                )
+                    events.append(chunk(index, ChatDelta(content=held_back)))
+            events.append(chunk(index, ChatDelta(), finish))
             return events
 
+        def end(lasts: list[GenerationChunk]) -> list[ChatCompletionChunk]:
+            if not body.include_usage():
+                return []
+            usage = usage_of(*lasts)
+            return [
+                ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage)
+            ]
+
         fmt = StreamFormat(
-            first=lambda: chunk(ChatDelta(role="assistant", content="")),
+            first=lambda index: chunk(index, ChatDelta(role="assistant", content="")),
             delta=delta,
             final=final,
+            end=end,
         )
-        return sse_response(generation, fmt)
+        return sse_response(generations, fmt)
 
-    result = await generation.complete()
-    call = tools.parse_call(result.text, callable_tools) if callable_tools else None
-    message = (
-        ChatMessageOut(content=None, tool_calls=[call])
-        if call is not None
-        else ChatMessageOut(content=result.text)
-    )
-    response = ChatCompletion(
-        id=cid,
-        created=created,
-        model=model,
-        choices=[
+    results = await complete_all(generations)
+    choices = []
+    for index, result in enumerate(results):
+        call = tools.parse_call(result.text, callable_tools) if callable_tools else None
+        message = (
+            ChatMessageOut(content=None, tool_calls=[call])
+            if call is not None
+            else ChatMessageOut(content=result.text)
+        )
+        choices.append(
             ChatChoice(
+                index=index,
                 message=message,
                 finish_reason="tool_calls" if call is not None else result.finish_reason,
                 logprobs=chat_logprobs(result.logprobs),
             )
-        ],
-        usage=usage_of(result),
+        )
+    response = ChatCompletion(
+        id=cid, created=created, model=model, choices=choices, usage=usage_of(*results)
     )
     return JSONResponse(response.model_dump())

@@ -18,7 +18,7 @@ from genai_service.api.schemas import (
 )
 from genai_service.api.sse import StreamFormat, sse_response, usage_of
 from genai_service.engines.base import GenerationChunk
-from genai_service.serving.generation import Generation
+from genai_service.serving.generation import complete_all
 
 router = APIRouter(tags=["openai"])
 
@@ -29,53 +29,52 @@ async def completions(
 ) -> JSONResponse | EventSourceResponse:
     engine = resolve_engine(state, body.model)
     prompt = await engine.text_prompt(body.prompt_text())
-    generation = await state.generations.start(request, engine, prompt, body)
+    generations = await state.generations.start_choices(request, engine, prompt, body)
     cid, created, model = new_id("cmpl"), now(), engine.info.id
     prefix = body.prompt_text() if body.echo else ""
 
     def completion(
-        text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None
+        index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None
     ) -> Completion:
-        choice = CompletionChoice(text=text, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
         return Completion(id=cid, created=created, model=model, choices=[choice])
 
     if body.stream:
-        offset = len(prefix)
+        offsets = [len(prefix)] * len(generations)
 
-        def streamed(piece: GenerationChunk) -> CompletionLogprobs | None:
-            nonlocal offset
-            logprobs = completion_logprobs(piece.logprobs, offset)
-            offset += len(piece.text)
-            return logprobs
+        def delta(piece: GenerationChunk, index: int) -> Completion:
+            logprobs = completion_logprobs(piece.logprobs, offsets[index])
+            offsets[index] += len(piece.text)
+            return completion(index, piece.text, logprobs=logprobs)
 
-        def final(last: GenerationChunk, _: Generation) -> list[Completion]:
-            events = [completion("", last.finish_reason)]
-            if body.include_usage():
-                usage = usage_of(last)
-                events.append(
-                    Completion(id=cid, created=created, model=model, choices=[], usage=usage)
-                )
-            return events
+        def end(lasts: list[GenerationChunk]) -> list[Completion]:
+            if not body.include_usage():
+                return []
+            usage = usage_of(*lasts)
+            return [Completion(id=cid, created=created, model=model, choices=[], usage=usage)]
 
         fmt = StreamFormat(
-            first=(lambda: completion(prefix)) if prefix else None,
-            delta=lambda piece: completion(piece.text, logprobs=streamed(piece)),
-            final=final,
+            first=(lambda index: completion(index, prefix)) if prefix else None,
+            delta=delta,
+            final=lambda last, _, index: [completion(index, "", last.finish_reason)],
+            end=end,
         )
-        return sse_response(generation, fmt)
+        return sse_response(generations, fmt)
 
-    result = await generation.complete()
+    results = await complete_all(generations)
     response = Completion(
         id=cid,
         created=created,
         model=model,
         choices=[
             CompletionChoice(
+                index=index,
                 text=prefix + result.text,
                 finish_reason=result.finish_reason,
                 logprobs=completion_logprobs(result.logprobs, len(prefix)),
             )
+            for index, result in enumerate(results)
         ],
-        usage=usage_of(result),
+        usage=usage_of(*results),
     )
     return JSONResponse(response.model_dump())

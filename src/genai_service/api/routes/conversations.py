@@ -297,11 +297,11 @@ async def post_message(
         model = engine.info.id
         if body.stream:
 
-            def final(last: GenerationChunk, done: Generation) -> list[ConversationTurn]:
+            def final(last: GenerationChunk, done: Generation, _: int) -> list[ConversationTurn]:
                 return [_turn(conversation_id, model, done.finished, last, dropped)]
 
             fmt = StreamFormat(
-                delta=lambda piece: TurnDelta(conversation_id=conversation_id, delta=piece.text),
+                delta=lambda piece, _: TurnDelta(conversation_id=conversation_id, delta=piece.text),
                 final=final,
             )
             handed_over = True  # the stream releases the lock when it ends
