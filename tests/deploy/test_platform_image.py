@@ -79,3 +79,52 @@ def is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+LAMBDA_TAG = "genai-test/genai-service:lambda"
+
+INVOKE = """
+import json, sys
+import awslambdaric  # the entry point the image runs
+import handler  # init: the model loads here, once
+for event in json.load(sys.stdin):
+    result = handler.handler(event, None)
+    print(json.dumps({"statusCode": result["statusCode"], "body": result["body"]}))
+"""
+
+
+def test_lambda_image_builds_and_its_handler_serves(
+    production_image: str, container: list[str]
+) -> None:
+    from tests.deploy.test_aws_lambda import function_url_event, http_api_event
+
+    dockerkit.build(
+        dockerkit.ROOT,
+        LAMBDA_TAG,
+        dockerfile=dockerkit.ROOT / "deploy/aws-lambda/Dockerfile",
+        build_args={
+            "SERVICE_IMAGE": production_image,
+            "PYTHON_IMAGE": dockerkit.local_build_args()["PYTHON_IMAGE"],
+        },
+    )
+    config = json.loads(dockerkit.docker("image", "inspect", LAMBDA_TAG).stdout)[0]["Config"]
+    assert config["Entrypoint"] == ["python", "-m", "awslambdaric"]
+    assert config["Cmd"] == ["handler.handler"]
+
+    models: Path = dockerkit.models_dir()
+    model = next(models.glob("*.gguf")).name
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2}).encode()
+    events = [
+        http_api_event("POST", "/generate/text", body),
+        function_url_event("POST", "/v1/chat/completions", b"{not json"),
+    ]
+    # As Lambda runs it: read-only but /tmp, an arbitrary user, the model from a mount.
+    result = dockerkit.docker(
+        "run", "--rm", "-i", "--read-only", "--tmpfs", "/tmp", "--user", "993:0",
+        "-v", f"{models}:/models:ro", "-e", f"MODEL=/models/{model}", "-e", "N_CTX=512",
+        "-e", "N_THREADS=1", "--entrypoint", "python", LAMBDA_TAG, "-c", INVOKE,
+        input=json.dumps(events).encode(), timeout=180,
+    )  # fmt: skip
+    replies = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["statusCode"] for r in replies] == [200, 400]
+    assert json.loads(replies[0]["body"])["usage"]["completion_tokens"] >= 1
