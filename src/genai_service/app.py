@@ -27,6 +27,7 @@ from genai_service.api.routes import (
     health,
     metrics,
     models,
+    responses,
     tokenize,
 )
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
@@ -150,7 +151,7 @@ def create_app(
     guarded = [*auth, Depends(completions_guard)]  # COMPLETIONS_WITHOUT_DATABASE
     app.include_router(health.router)
     app.include_router(metrics.router)  # scraped by Prometheus: no API key, not under /v1
-    for router in (chat.router, completions.router):
+    for router in (chat.router, completions.router, responses.router):
         app.include_router(router, prefix="/v1", dependencies=guarded)
     for router in (embeddings.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)

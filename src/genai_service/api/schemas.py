@@ -508,6 +508,114 @@ class GenerateTextResponse(BaseModel):
     usage: Usage
 
 
+# --- the Responses API (text and message input; no tools, no stored state) ----------------
+class ResponseInputText(_Request):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class ResponseInputMessage(_Request):
+    type: Literal["message"] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ResponseInputText]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ResponseTextFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseTextConfig(_Request):
+    format: ResponseTextFormat = Field(default_factory=ResponseTextFormat)
+
+
+class ResponsesRequest(SamplingFields):
+    model: str
+    input: str | list[ResponseInputMessage]
+    instructions: str | None = None
+    max_output_tokens: MaxTokens | None = None
+    stream: bool = False
+    text: ResponseTextConfig | None = None
+    previous_response_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+
+    def token_limit(self) -> int | None:
+        return self.max_output_tokens
+
+    def to_sampling_params(self, max_tokens: int, defaults: SamplingDefaults) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens, defaults)
+        fmt = self.text.format if self.text else None
+        if fmt is None or fmt.type == "text":
+            return params
+        schema = (
+            schema_text(fmt.schema_ or {}) if fmt.type == "json_schema" else '{"type":"object"}'
+        )
+        return dataclasses.replace(params, json_schema=schema)
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: dict[str, int] = Field(default_factory=lambda: {"cached_tokens": 0})
+    output_tokens_details: dict[str, int] = Field(default_factory=lambda: {"reasoning_tokens": 0})
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    model: str
+    output: list[OutputMessage]
+    usage: ResponseUsage | None = None
+    incomplete_details: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    parallel_tool_calls: bool = False
+    tool_choice: str = "none"
+    tools: list[Any] = Field(default_factory=list)
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    previous_response_id: str | None = None
+    store: bool = False
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ResponseEvent(BaseModel):
+    """One streamed Responses event (`type` says which; fields as OpenAI sends them)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    sequence_number: int
+
+
 # --- tokenizer (as vLLM's and llama-server's /tokenize and /detokenize) -------------------
 class TokenizeRequest(_Request):
     model: str | None = None

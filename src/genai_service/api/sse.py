@@ -42,7 +42,7 @@ class StreamFormat:
     # A choice's closing events, from its last chunk and its finished generation (which holds
     # what on_finish returned, e.g. a stored turn).
     final: Callable[[GenerationChunk, Generation, int], Sequence[BaseModel]]
-    first: Callable[[int], BaseModel] | None = None
+    first: Callable[[int], Sequence[BaseModel]] | None = None  # a choice's opening events
     # Once, after every choice finished (e.g. the usage chunk), from their last chunks.
     end: Callable[[list[GenerationChunk]], Sequence[BaseModel]] | None = None
 
@@ -87,7 +87,8 @@ async def sse_events(
     try:
         if fmt.first is not None:
             for index in range(len(generations)):
-                yield _event(fmt.first(index))
+                for model in fmt.first(index):
+                    yield _event(model)
         lasts: dict[int, GenerationChunk] = {}
         async for index, chunk in _merged(generations):
             if chunk.text or chunk.logprobs:

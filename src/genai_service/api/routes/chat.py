@@ -101,7 +101,7 @@ async def chat_completions(
             ]
 
         fmt = StreamFormat(
-            first=lambda index: chunk(index, ChatDelta(role="assistant", content="")),
+            first=lambda index: [chunk(index, ChatDelta(role="assistant", content=""))],
             delta=delta,
             final=final,
             end=end,

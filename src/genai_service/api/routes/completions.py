@@ -54,7 +54,7 @@ async def completions(
             return [Completion(id=cid, created=created, model=model, choices=[], usage=usage)]
 
         fmt = StreamFormat(
-            first=(lambda index: completion(index, prefix)) if prefix else None,
+            first=(lambda index: [completion(index, prefix)]) if prefix else None,
             delta=delta,
             final=lambda last, _, index: [completion(index, "", last.finish_reason)],
             end=end,
