@@ -125,3 +125,29 @@ def test_each_bad_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         "invalid setting PORT",
     ]
     assert any("(got 'abc')" in line for line in caught.value.lines)
+
+
+def test_database_password_file_goes_into_the_url(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("p@ss/word:1\n")  # as `echo > file` writes it; URL-special characters
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url="postgresql://genai@db:5432/genai",
+        database_password_file=secret,
+    )
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    assert url.password == "p@ss/word:1" and url.host == "db" and url.username == "genai"
+    assert "p@ss" not in url.render_as_string(hide_password=True)
+
+
+def test_an_unreadable_password_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            _env_file=None,
+            database_url="postgresql://genai@db/genai",
+            database_password_file=tmp_path / "missing",
+        )
+    (line,) = caught.value.lines
+    assert line.startswith("invalid setting DATABASE_PASSWORD_FILE: cannot read")

