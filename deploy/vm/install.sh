@@ -26,6 +26,19 @@ PYTHON="${PYTHON:-python3}"
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
+# 0. What the service needs from the OS (Debian/Ubuntu): Python's venv, llama.cpp's OpenMP
+# runtime, openssl for the placeholder certificate. Installed only when missing.
+missing=""
+for pkg in python3-venv libgomp1 ca-certificates openssl; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+
 # 1. The system user.
 getent group genai >/dev/null || groupadd --system genai
 getent passwd genai >/dev/null \
@@ -35,7 +48,6 @@ getent passwd genai >/dev/null \
 # 2. The virtual environment (created once, upgraded in place).
 install -d -m 0755 "$PREFIX"
 [ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv"
-"$PREFIX/venv/bin/python" -m pip install --quiet --upgrade pip
 "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "$GENAI_SOURCE"
 
 # 3. Configuration and secrets: written once, never overwritten.
