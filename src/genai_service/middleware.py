@@ -61,13 +61,13 @@ class RequestContextMiddleware:
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
-# A JSON escape that may spell half of a UTF-16 surrogate pair (\ud800-\udfff).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON escape that may spell half of a UTF-16 surrogate pair (\ud800-\udfff), or NUL.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    """Whether any string in a parsed JSON document (keys too) holds a lone surrogate.
+def _unstorable_char(value: Any) -> str | None:
+    """The first lone surrogate or NUL in any string of a parsed JSON document (keys too).
 
     `json.loads` joins a valid escaped pair into one code point, so any surrogate left in a
     string is a lone one. Iterative: a deeply nested document cannot exhaust the stack.
@@ -76,14 +76,15 @@ def _has_lone_surrogate(value: Any) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return True
+            found = _UNSTORABLE.search(item)
+            if found:
+                return found.group()
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 def body_problem(body: bytes, content_type: str = "application/json") -> str | None:
@@ -91,6 +92,7 @@ def body_problem(body: bytes, content_type: str = "application/json") -> str | N
 
     Lone surrogates (`"\\ud800"` in JSON, or raw CESU-8 bytes) are valid JSON but not
     Unicode: no engine can encode them and no database or JSON response can hold them.
+    NUL (`"\\u0000"`) is Unicode, but Postgres text cannot hold it and no prompt needs it.
     """
     if content_type and "json" not in content_type:
         return None  # not text this service parses; the route says what it expects
@@ -98,17 +100,27 @@ def body_problem(body: bytes, content_type: str = "application/json") -> str | N
         body.decode("utf-8")  # strict: raw surrogate bytes (CESU-8) are not UTF-8
     except UnicodeDecodeError as exc:
         return f"The request body is not valid UTF-8 (byte {exc.start})."
-    if not _SURROGATE_ESCAPE.search(body):
-        return None  # the common case: no escape that could spell a surrogate
+    if not _SUSPECT_ESCAPE.search(body):
+        return None  # the common case: no escape that could spell a surrogate or NUL
     try:
         document = json.loads(body)
     except ValueError:
         return None  # malformed JSON: the route's parser answers that with its own 400
-    if _has_lone_surrogate(document):
+    found = _unstorable_char(document)
+    if found == "\x00":
+        return 'The request contains a NUL character ("\\u0000"), which is not accepted.'
+    if found is not None:
         return (
             'The request contains a lone UTF-16 surrogate (such as "\\ud800"), '
             "which is not valid Unicode text."
         )
+    return None
+
+
+def url_problem(scope: Scope) -> str | None:
+    """NUL in the path or the query string (`%00`): no id or parameter here may hold one."""
+    if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+        return "The URL contains a NUL character (%00), which is not accepted."
     return None
 
 
@@ -117,9 +129,9 @@ class RequestBodyGuard:
 
     - Bodies over `max_bytes` answer 413 as soon as `Content-Length` or the bytes received
       say so, without reading the rest.
-    - Text that is not valid Unicode (lone surrogates, bytes that are not UTF-8) answers 400
-      in the OpenAI error format, so it never reaches an engine or the database: nothing is
-      stored for a rejected request.
+    - Text that is not valid Unicode (lone surrogates, bytes that are not UTF-8), or that
+      holds NUL, in the body or the URL, answers 400 in the OpenAI error format, so it never
+      reaches an engine or the database: nothing is stored for a rejected request.
 
     The body is then handed on unchanged; after it, `receive` is the server's own again, so
     disconnect detection works as before.
@@ -130,7 +142,14 @@ class RequestBodyGuard:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = url_problem(scope)
+        if problem is not None:
+            await self._reject(scope, receive, send, APIError(400, problem, code="invalid_value"))
+            return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

@@ -21,6 +21,7 @@ from genai_service.api.errors import install_error_handlers
 from genai_service.middleware import RequestBodyGuard, RequestContextMiddleware, body_problem
 from tests.api.test_errors import assert_openai_error
 from tests.conftest import MODEL_ID, RunningServer, free_port
+from tests.postgres import KEY_A
 
 LONE = "\ud800"  # json.dumps writes it as the escape "\ud800"
 
@@ -96,11 +97,41 @@ def test_lone_surrogates_are_400_and_store_nothing(server: RunningServer) -> Non
         (b'{"a": "\xed\xa0\x80"}', True),
         (b'{"a": "\xff"}', True),
         (b'{"a": "plain"}', False),
+        (b'{"a": "x\\u0000"}', True),  # NUL: Postgres text cannot hold it
+        (b'{"a": "x\\\\u0000"}', False),  # a backslash, then "u0000"
     ],
 )
 def test_body_problem(body: bytes, bad: bool) -> None:
     assert (body_problem(body) is not None) is bad
     assert body_problem(body, "text/plain") is None  # only JSON bodies are text here
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def api(request: pytest.FixtureRequest) -> tuple[RunningServer, dict[str, str]]:
+    if request.param == "sqlite":
+        return request.getfixturevalue("server"), {}
+    return request.getfixturevalue("pg_server"), {"Authorization": f"Bearer {KEY_A}"}
+
+
+def test_nul_is_400_everywhere(api: tuple[RunningServer, dict[str, str]]) -> None:
+    """NUL once answered 500 on Postgres (its text type cannot hold it), after generating."""
+    server, headers = api
+    with server.http(headers=headers) as http:
+        conv = http.post("/v1/conversations", json={}).json()
+        requests = [
+            ("POST", "/v1/conversations", {"system_prompt": "a\x00b"}),
+            ("POST", "/v1/conversations", {"metadata": {"k": "a\x00b"}}),
+            ("POST", f"/v1/conversations/{conv['id']}/messages", {"content": "a\x00b"}),
+            ("POST", "/generate/text", {"prompt": "a\x00b", "max_tokens": 1}),
+            ("GET", "/v1/conversations/conv_%00x", None),
+            ("DELETE", "/v1/conversations/conv_%00x", None),
+            ("GET", "/v1/conversations?after=%00", None),
+            ("GET", f"/v1/conversations/{conv['id']}/messages?after=msg_%00", None),
+        ]
+        for method, path, body in requests:
+            response = http.request(method, path, json=body)
+            assert_openai_error(response, 400)
+        assert http.get(f"/v1/conversations/{conv['id']}").json()["message_count"] == 0
 
 
 @pytest.mark.parametrize(
