@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,6 +112,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
         ({"N_CTX": "1"}, "N_CTX", "greater than or equal to 64"),
         ({"BUILD_ENV": "staging"}, "BUILD_ENV", "'DEV' or 'PROD'"),
         ({"LOG_JSON": "maybe"}, "LOG_JSON", "boolean"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug"),
         ({"DATABASE_URL": "mysql://admin:s3cret-pw@db/genai"}, "DATABASE_URL", "sqlite+aiosqlite"),
         ({"API_KEYS": "[s3cret-pw"}, "API_KEYS", ""),
         ({"OPENAI_API_TOKEN": "[s3cret-pw"}, None, None),  # any string is a valid token
@@ -140,6 +142,23 @@ def test_start_up_errors_are_one_line_without_secrets(
     assert lines[0].startswith(f"invalid setting {variable}:"), lines[0]
     assert expected in lines[0]
     assert "s3cret-pw" not in result.output
+
+
+def test_a_port_in_use_is_one_line_before_anything_loads(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = _run(
+            "serve", "--port", str(port), cwd=tmp_path, env={"XDG_DATA_HOME": str(tmp_path)}
+        )
+    assert time.monotonic() - started < 10  # no model load, no migration first
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cannot listen on 127.0.0.1:{port} (HOST, PORT):")
+    assert not (tmp_path / "genai-service").exists()  # no database made either
 
 
 def test_models_download_offline_fails_fast_and_says_what_to_do(tmp_path: Path) -> None:

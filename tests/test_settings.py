@@ -151,3 +151,11 @@ def test_an_unreadable_password_file_is_one_line(tmp_path: Path) -> None:
         )
     (line,) = caught.value.lines
     assert line.startswith("invalid setting DATABASE_PASSWORD_FILE: cannot read")
+
+
+def test_log_level_is_one_of_uvicorns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", " WARNING ")
+    assert Settings(_env_file=None).log_level == "warning"  # type: ignore[call-arg]
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(SettingsError, match="LOG_LEVEL: expected one of critical"):
+        load_settings(_env_file=None)

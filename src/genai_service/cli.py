@@ -132,6 +132,7 @@ def serve(
     from genai_service.log_config import configure_logging
 
     settings = load_settings()
+    _check_listen(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_json)
     note(
         f"genai-service {__version__}: model {settings.model} on "
@@ -148,6 +149,25 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail in one line before loading anything when HOST:PORT cannot be listened on.
+
+    uvicorn would load the model and migrate the database first, then log the bind error.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        error(f"cannot listen on {host}:{port} (HOST, PORT): {reason}")
+        raise typer.Exit(1) from None
 
 
 @models_app.command("download")

@@ -63,6 +63,9 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
 class BuildEnv(StrEnum):
     DEV = "DEV"
     PROD = "PROD"
@@ -207,7 +210,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Keys accepted as `Authorization: Bearer <key>`; empty disables auth.",
     )
-    log_level: str = "info"
+    log_level: str = Field(
+        "info", description="critical, error, warning, info, debug or trace (uvicorn's levels)."
+    )
     log_json: bool = False
 
     # --- storage and upstream (used by the persistence and engine issues) --------------------
@@ -279,6 +284,15 @@ class Settings(BaseSettings):
                 password = self.database_password_file.read_text().rstrip("\r\n")
                 self.database_url = url.set(password=password).render_as_string(hide_password=False)
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in LOG_LEVELS:
+                raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return value
 
     @field_validator("build_env", mode="before")
     @classmethod
