@@ -159,3 +159,19 @@ def test_log_level_is_one_of_uvicorns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "loud")
     with pytest.raises(SettingsError, match="LOG_LEVEL: expected one of critical"):
         load_settings(_env_file=None)
+
+
+def test_env_example_is_safe_for_a_local_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cp .env.example .env` (the Compose step) must not break a local `make serve`."""
+    example = Path(__file__).parents[1] / ".env.example"
+    for name in ("MODEL", "PORT", "API_KEYS", "LOG_JSON", "POSTGRES_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=example)  # type: ignore[call-arg]
+    assert settings.model == "smollm2"
+    assert settings.api_keys == []
+    assert "POSTGRES_PASSWORD=" not in example.read_text()  # a file secret, or generated
+
+
+def test_the_database_password_stays_out_of_repr(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, database_url="postgresql://u:s3cret@h/db")  # type: ignore[call-arg]
+    assert "s3cret" not in repr(settings)

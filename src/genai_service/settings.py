@@ -218,7 +218,9 @@ class Settings(BaseSettings):
     # --- storage and upstream (used by the persistence and engine issues) --------------------
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = Field(
-        None, description="SQLAlchemy async URL; default: SQLite under DATA_DIR."
+        None,
+        repr=False,  # it may hold a password
+        description="SQLAlchemy async URL; default: SQLite under DATA_DIR.",
     )
     database_password_file: Path | None = Field(
         None,
