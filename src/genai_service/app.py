@@ -37,6 +37,7 @@ from genai_service.middleware import (
     RequestBodyGuard,
     RequestContextMiddleware,
 )
+from genai_service.observability import tracing
 from genai_service.serving.generation import GenerationService
 from genai_service.serving.limiter import GenerationLimiter
 from genai_service.settings import Settings
@@ -133,6 +134,9 @@ def create_app(
             for engine in state.all_models():
                 await engine.close()
             await app.state.storage.close()  # flushes the usage ledger
+            provider = getattr(app.state, "tracer_provider", None)
+            if provider is not None:
+                provider.shutdown()  # sends the spans still batched
 
     docs = settings.docs_enabled
     app = FastAPI(
@@ -145,6 +149,8 @@ def create_app(
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = state
+    provider = tracing.configure(app)  # OTEL_EXPORTER_OTLP_ENDPOINT and the otel extra
+    state.generations.tracer = tracing.generation_tracer(provider)
     install_error_handlers(app)
 
     auth = [Depends(require_api_key)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -71,6 +71,9 @@ class SamplingFields(_Request):
     models do); adding a field means adding it here, to `SamplingParams`, and to the engines
     that honour it.
     """
+
+    # GenAI semantic conventions' gen_ai.operation.name, for the generation's trace span.
+    operation: ClassVar[str] = "chat"
 
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
@@ -372,6 +375,7 @@ class ChatCompletionChunk(BaseModel):
 
 # --- completions ----------------------------------------------------------------------------
 class CompletionRequest(_SamplingRequest):
+    operation: ClassVar[str] = "text_completion"
     prompt: str | list[str]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 from fastapi import Request
+from opentelemetry import trace
 
 from genai_service import metrics
 from genai_service.api.errors import APIError, busy, engine_unavailable
@@ -41,6 +42,7 @@ from genai_service.engines.base import (
     SamplingParams,
     TokenLogprob,
 )
+from genai_service.observability import tracing
 from genai_service.serving.limiter import Busy, GenerationLimiter, Lease
 from genai_service.serving.usage import Status, UsageRecorder
 from genai_service.settings import Settings
@@ -132,6 +134,7 @@ def check_features(engine: Engine, params: SamplingParams) -> None:
 class GenerationService:
     def __init__(self, settings: Settings, limiter: GenerationLimiter) -> None:
         self.limiter = limiter
+        self.tracer: trace.Tracer = tracing.tracer  # the app's provider's, when tracing is on
         self.defaults = SamplingDefaults(
             max_tokens=settings.default_max_tokens,
             temperature=settings.default_temperature,
@@ -155,12 +158,42 @@ class GenerationService:
     ) -> Generation:
         """Check the limits, then wait for a slot; the generation runs when it is consumed."""
         params = self.sampling(engine, prompt, body)
-        try:
-            lease = await self.limiter.acquire()
-        except Busy as exc:
-            metrics.REJECTED.inc()
-            raise busy(exc.retry_after) from None
-        return Generation(request, engine, prompt, params, lease, on_finish)
+        span = self._span(engine, params, body)
+        (lease,) = await self._admit(1, span)
+        return Generation(request, engine, prompt, params, lease, on_finish, span, self.tracer)
+
+    def _span(self, engine: Engine, params: SamplingParams, body: SamplingRequest) -> trace.Span:
+        """The generation's span (GenAI semantic conventions), under the HTTP request's."""
+        operation = getattr(body, "operation", "chat")
+        return self.tracer.start_span(
+            f"{operation} {engine.info.id}",
+            attributes={
+                "gen_ai.operation.name": operation,
+                "gen_ai.system": engine.info.engine,
+                "gen_ai.request.model": engine.info.id,
+                "gen_ai.request.max_tokens": params.max_tokens,
+                "gen_ai.request.temperature": params.temperature,
+                "gen_ai.request.top_p": params.top_p,
+            },
+        )
+
+    async def _admit(self, n: int, span: trace.Span) -> list[Lease]:
+        """n slots from the one limiter (429 past its queue), timed as the span's `queue`."""
+        leases: list[Lease] = []
+        with self.tracer.start_as_current_span("queue", context=trace.set_span_in_context(span)):
+            try:
+                for _ in range(n):
+                    leases.append(await self.limiter.acquire())
+            except BaseException as exc:
+                for lease in leases:
+                    lease.release()
+                span.set_status(trace.StatusCode.ERROR, "rejected")
+                span.end()
+                if isinstance(exc, Busy):
+                    metrics.REJECTED.inc()
+                    raise busy(exc.retry_after) from None
+                raise
+        return leases
 
     async def start_choices(
         self, request: Request | None, engine: Engine, prompt: Prompt, body: SamplingRequest
@@ -178,21 +211,34 @@ class GenerationService:
                 code="invalid_value",
             )
         params = self.sampling(engine, prompt, body)
-        leases: list[Lease] = []
-        try:
-            for _ in range(n):
-                leases.append(await self.limiter.acquire())
-        except BaseException as exc:
-            for lease in leases:
-                lease.release()
-            if isinstance(exc, Busy):
-                metrics.REJECTED.inc()
-                raise busy(exc.retry_after) from None
-            raise
-        return [
-            Generation(request, engine, prompt, _choice(params, i), lease, None)
+        span = self._span(engine, params, body)
+        span.set_attribute("gen_ai.request.choice.count", n)
+        leases = await self._admit(n, span)
+        context = trace.set_span_in_context(span)
+        generations = [
+            Generation(
+                request,
+                engine,
+                prompt,
+                _choice(params, i),
+                lease,
+                None,
+                self.tracer.start_span(f"choice {i}", context=context),
+                self.tracer,
+            )
             for i, lease in enumerate(leases)
         ]
+        # The request's span ends with its last choice.
+        remaining = [n]
+
+        def one_done() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                span.end()
+
+        for generation in generations:
+            generation.on_span_end = one_done
+        return generations
 
 
 async def complete_all(generations: list[Generation]) -> list[Completion]:
@@ -217,8 +263,11 @@ class Generation:
         params: SamplingParams,
         lease: Lease,
         on_finish: OnFinish | None,
+        span: trace.Span = trace.INVALID_SPAN,
+        tracer: trace.Tracer = tracing.tracer,
     ) -> None:
         self.request = request
+        self._tracer = tracer
         self.engine = engine
         self.prompt = prompt
         self.params = params
@@ -228,12 +277,34 @@ class Generation:
         self._recorder = UsageRecorder(request, engine, prompt)
         self.result: Completion | None = None
         self.finished: Any = None  # what on_finish returned (a conversation's stored turn)
+        self.span = span
+        self.on_span_end: Any = None  # n choices: the request's span ends with the last one
+        self._span_open = True
 
     def close(self) -> None:
         """Free the slot and stop the engine; safe to call again (covers never-started streams)."""
         self.cancel.cancel()
         self.lease.release()
         self._recorder.finish("cancelled")
+        self._end_span("cancelled")
+
+    def _end_span(self, status: str, error: BaseException | None = None) -> None:
+        if not self._span_open:
+            return
+        self._span_open = False
+        span = self.span
+        if self.result is not None:
+            span.set_attribute("gen_ai.response.model", self.engine.info.id)
+            span.set_attribute("gen_ai.response.finish_reasons", [self.result.finish_reason])
+            span.set_attribute("gen_ai.usage.input_tokens", self.result.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", self.result.completion_tokens)
+        span.set_attribute("genai_service.outcome", status)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+        span.end()
+        if self.on_span_end is not None:
+            self.on_span_end()
 
     async def stream(self) -> AsyncIterator[GenerationChunk]:
         """The engine's chunks; the last has finish_reason and comes after `on_finish`."""
@@ -243,6 +314,9 @@ class Generation:
         parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if self.params.logprobs is not None else None
         status: Status = "cancelled"  # unless it runs to the end or fails
+        failure: BaseException | None = None
+        context = trace.set_span_in_context(self.span)
+        phase = self._phase("prefill", context)  # until the first token
         try:
             # aclosing: a consumer that leaves closes the engine's stream now, not at GC.
             async with contextlib.aclosing(
@@ -253,6 +327,8 @@ class Generation:
                     if chunk.text:
                         if not parts:
                             metrics.TTFT.labels(model).observe(now - started)
+                            phase.end()
+                            phase = self._phase("decode", context)
                         else:
                             metrics.ITL.labels(model).observe(now - last_at)
                         last_at = now
@@ -281,10 +357,11 @@ class Generation:
             raise RuntimeError("the engine ended a generation without a finish reason")
         except (GeneratorExit, asyncio.CancelledError):
             raise  # the consumer went away: "cancelled"
-        except BaseException:
-            status = "error"
+        except BaseException as exc:
+            status, failure = "error", exc
             raise
         finally:
+            phase.end()
             self.cancel.cancel()  # stop the engine at once (client gone, error)
             self.lease.release()
             if status != "ok":
@@ -292,6 +369,10 @@ class Generation:
                 if tokens == 0:
                     metrics.GENERATED_TOKENS.labels(model).inc(len(parts))
             self._recorder.finish(status, self.result)
+            self._end_span(status, failure)
+
+    def _phase(self, name: str, context: Any) -> trace.Span:
+        return self._tracer.start_span(name, context=context)
 
     async def complete(self) -> Completion:
         """Run to the end (no streaming); stops as soon as the client disconnects."""

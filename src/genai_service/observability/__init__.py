@@ -1,0 +1,1 @@
+"""Observability beyond /metrics: OpenTelemetry traces (tracing.py)."""
