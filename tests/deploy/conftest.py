@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,12 @@ def load_entry_point(path: Path, name: str, env: dict[str, str]) -> ModuleType:
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        logging_config = structlog.get_config()
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            # The entry point configures structlog for its platform; later tests get theirs back.
+            structlog.configure(**logging_config)
     return module
 
 

@@ -7,6 +7,7 @@ the module is imported once (the init phase), then `handler` is called per invoc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -142,6 +143,8 @@ def body_of(result: dict[str, Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[Runtime]:
+    # The handler makes its loop this thread's current one; later tests get theirs back.
+    previous = getattr(getattr(asyncio.get_event_loop_policy(), "_local", None), "_loop", None)
     started = time.perf_counter()
     module = load_entry_point(FOLDER / "handler.py", "deploy_aws_lambda_handler", {})
     init_s = time.perf_counter() - started
@@ -150,6 +153,7 @@ def runtime() -> Iterator[Runtime]:
     finally:
         module.lifespan.shutdown()
         close_loop(module.loop)
+        asyncio.set_event_loop(previous)
 
 
 def test_init_loads_the_model_once_and_the_first_invocation_is_served(runtime: Runtime) -> None:
