@@ -80,7 +80,8 @@ def test_systemd_unit_has_what_the_service_needs() -> None:
     assert s["ReadWritePaths"] == ["/var/lib/genai-service"]
     assert "MemoryMax" in s and int(s["TimeoutStopSec"][0]) >= 30  # room to drain
     assert {c.split(":")[0] for c in s["LoadCredential"]} == {"openai_api_token", "api_keys"}
-    assert "SECRETS_DIR=%d" in s["Environment"]  # the service reads the credentials directory
+    # The service reads the credentials directory.
+    assert "SECRETS_DIR=/run/credentials/genai-service.service" in s["Environment"]
 
 
 # --- nginx ----------------------------------------------------------------------------------
