@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -138,6 +140,9 @@ def serve(
         f"genai-service {__version__}: model {settings.model} on "
         f"http://{settings.host}:{settings.port} (engine {settings.engine})"
     )
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would make the exit
+    # status -15; a drained, orderly stop is a clean exit (0) for systemd and orchestrators.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "genai_service.app:create_app",
         factory=True,
@@ -147,7 +152,8 @@ def serve(
         reload_dirs=[str(Path(__file__).parent)] if reload else None,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=10,
+        # Streams get SHUTDOWN_DRAIN_SECONDS to finish (api/sse.py); uvicorn waits a little longer.
+        timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
     )
 
 

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a slot before 429."
     )
+    shutdown_drain_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM, seconds the running generations may take to finish before "
+        "their streams are cut; keep it below the orchestrator's grace period.",
+    )
     default_max_tokens: int = Field(
         512, ge=1, description="Reply length limit when a request sets none."
     )
@@ -205,6 +211,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     build_env: BuildEnv = BuildEnv.DEV
     show_docs_in_production: bool = False
+    playground: bool | None = Field(
+        None, description="The /playground page; unset: on, except when BUILD_ENV=PROD."
+    )
     allowed_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -308,6 +317,12 @@ class Settings(BaseSettings):
     @property
     def docs_enabled(self) -> bool:
         return self.build_env is BuildEnv.DEV or self.show_docs_in_production
+
+    @property
+    def playground_enabled(self) -> bool:
+        if self.playground is not None:
+            return self.playground
+        return self.build_env is not BuildEnv.PROD
 
     @cached_property
     def api_key_values(self) -> tuple[bytes, ...]:

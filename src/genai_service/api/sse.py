@@ -149,6 +149,9 @@ def sse_response(
     return EventSourceResponse(
         events(),
         ping=15,
+        # On SIGTERM (a rolling update, a scale-down) running streams finish, up to this long,
+        # instead of being cut at once; uvicorn stops taking new connections meanwhile.
+        shutdown_grace_period=choices[0].drain_seconds,
         background=BackgroundTask(cleanup),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -135,6 +135,7 @@ class GenerationService:
     def __init__(self, settings: Settings, limiter: GenerationLimiter) -> None:
         self.limiter = limiter
         self.tracer: trace.Tracer = tracing.tracer  # the app's provider's, when tracing is on
+        self.drain_seconds = settings.shutdown_drain_seconds
         self.defaults = SamplingDefaults(
             max_tokens=settings.default_max_tokens,
             temperature=settings.default_temperature,
@@ -160,7 +161,11 @@ class GenerationService:
         params = self.sampling(engine, prompt, body)
         span = self._span(engine, params, body)
         (lease,) = await self._admit(1, span)
-        return Generation(request, engine, prompt, params, lease, on_finish, span, self.tracer)
+        generation = Generation(
+            request, engine, prompt, params, lease, on_finish, span, self.tracer
+        )
+        generation.drain_seconds = self.drain_seconds
+        return generation
 
     def _span(self, engine: Engine, params: SamplingParams, body: SamplingRequest) -> trace.Span:
         """The generation's span (GenAI semantic conventions), under the HTTP request's."""
@@ -238,6 +243,7 @@ class GenerationService:
 
         for generation in generations:
             generation.on_span_end = one_done
+            generation.drain_seconds = self.drain_seconds
         return generations
 
 
@@ -278,6 +284,7 @@ class Generation:
         self.result: Completion | None = None
         self.finished: Any = None  # what on_finish returned (a conversation's stored turn)
         self.span = span
+        self.drain_seconds = 0.0  # set by the service: how long a stream may finish at shutdown
         self.on_span_end: Any = None  # n choices: the request's span ends with the last one
         self._span_open = True
 

@@ -160,8 +160,10 @@ class InProcessCore:
 # --- the engine process --------------------------------------------------------------------------
 def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     """Entry point of the engine process (multiprocessing, spawn)."""
-    # The API process handles Ctrl-C and SIGTERM and then stops us through the pipe.
+    # The API process handles Ctrl-C and SIGTERM (sent to the whole process group by a terminal,
+    # systemd or `docker stop`), drains its streams, and then stops us through the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     outbox: list[tuple[Any, ...]] = []
     records: list[tuple[str, Any]] = []  # both filled and flushed on the scheduler thread
     lock = threading.Lock()
