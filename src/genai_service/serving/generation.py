@@ -7,8 +7,9 @@ a generation. The service:
   the prompt and `max_tokens` against the engine's real context window (400 if they do not fit);
 - admits the request through the one limiter (429 with Retry-After past the queue);
 - runs it with cancellation (a client that goes away stops the engine between tokens);
-- records the Prometheus metrics (time to first token, inter-token latency, tokens, outcome)
-  and one usage-ledger record, whatever the engine and however it ends;
+- records the Prometheus metrics (time to first token, inter-token latency, tokens, outcome),
+  one usage-ledger record and an OpenTelemetry span (queue, prefill, decode), whatever the
+  engine and however it ends;
 - awaits an `on_finish` hook with the finished completion before the last chunk goes out, which
   is how a conversation stores its turn (a generation that does not finish stores nothing).
 
