@@ -27,6 +27,7 @@ from genai_service.api.routes import (
     health,
     metrics,
     models,
+    playground,
     responses,
     tokenize,
 )
@@ -164,6 +165,8 @@ def create_app(
     app.include_router(generate.router, dependencies=guarded)
     app.include_router(tokenize.router, dependencies=auth)
     include_storage_routes(app, auth)  # conversations and usage
+    if settings.playground_enabled:  # the page only; its API calls go through `auth`
+        app.include_router(playground.router)
 
     # Innermost: every body is checked (size, valid Unicode) before any route parses it.
     app.add_middleware(
