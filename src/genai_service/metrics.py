@@ -46,6 +46,9 @@ ENGINE_CRASHES = Counter(
 ENGINE_UP = Gauge(
     "genai_engine_up", "1 while the model's engine process serves, 0 while it restarts.", ["model"]
 )
+DATABASE_UP = Gauge(
+    "genai_database_up", "1 while the database answers with a current schema, 0 while not."
+)
 
 
 class EngineRecorder:
