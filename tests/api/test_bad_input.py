@@ -215,3 +215,37 @@ def test_unhandled_500_has_request_id_and_closes(fragile: str) -> None:
         assert response.headers["connection"] == "close"
         # The client was told the connection ends, so the next request opens a new one.
         assert http.get("/ok").status_code == 200
+
+
+async def _insert_legacy_conversation(url: str, conversation_id: str) -> None:
+    from sqlalchemy import text
+
+    from genai_service.storage.database import make_engine
+
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            # What the old create stored: the JSON column keeps the surrogate as an escape.
+            await conn.execute(
+                text(
+                    "INSERT INTO conversations (id, owner, created_at, updated_at, metadata, "
+                    "message_count) VALUES (:id, 'anonymous', '2026-01-01 00:00:00', "
+                    "'2026-01-01 00:00:00', :meta, 0)"
+                ),
+                {"id": conversation_id, "meta": '{"user": "u\\ud800"}'},
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_a_row_stored_before_the_fix_is_readable_and_deletable(server: RunningServer) -> None:
+    from tests.postgres import run_async
+
+    cid = f"conv_legacy{time.monotonic_ns()}"
+    run_async(_insert_legacy_conversation(server.state.settings.resolved_database_url, cid))
+    with server.http() as http:
+        shown = http.get(f"/v1/conversations/{cid}")
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["metadata"] == {"user": "u\ufffd"}
+        assert cid in {c["id"] for c in http.get("/v1/conversations?limit=100").json()["data"]}
+        assert http.delete(f"/v1/conversations/{cid}").status_code == 200

@@ -11,6 +11,7 @@ other principal gets the same 404 as for an id that does not exist, so existence
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,19 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["conversations"])
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _readable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as JSON can show it. Rows stored before lone surrogates were refused at the
+    edge (the JSON column kept them as escapes) show U+FFFD instead of answering 500."""
+
+    def clean(value: Any) -> Any:
+        return _LONE_SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
+
+    return {clean(k): clean(v) for k, v in metadata.items()}
+
+
 def _conversation(c: Conversation) -> ConversationObject:
     return ConversationObject(
         id=c.id,
@@ -51,7 +65,7 @@ def _conversation(c: Conversation) -> ConversationObject:
         updated_at=unix(c.updated_at),
         system_prompt=c.system_prompt,
         model=c.model,
-        metadata=c.metadata_ or {},
+        metadata=_readable(c.metadata_ or {}),
         message_count=c.message_count,
     )
 
