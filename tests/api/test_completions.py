@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from tests.conftest import MODEL_ID
+from tests.conftest import MODEL_ID, RunningServer
 
 
 def test_completion(client: openai.OpenAI) -> None:
@@ -38,3 +38,10 @@ def test_streamed_completion_matches(client: openai.OpenAI) -> None:
     assert text == whole.choices[0].text
     assert chunks[-1].usage == whole.usage
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_empty_prompt_is_400(server: RunningServer) -> None:
+    with server.http() as http:
+        response = http.post("/v1/completions", json={"model": MODEL_ID, "prompt": ""})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "empty_prompt"
+    assert server.state.limiter.active == 0

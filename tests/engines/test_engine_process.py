@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -157,3 +160,33 @@ def test_crash_mid_stream_is_contained(crash_server: RunningServer, sig: signal.
         )
         assert again.status_code == 200, again.text
         assert len(stored_messages(http, conversation)) == 2
+
+
+SCRIPT = """
+import asyncio
+from genai_service.engines.base import SamplingParams, collect
+from genai_service.engines.llama_cpp import LlamaCppEngine
+from genai_service.model_store import embedded_model_path
+
+async def go():
+    engine = LlamaCppEngine(embedded_model_path(), n_ctx=256, n_threads=1)
+    await engine.load()
+    prompt = await engine.text_prompt("Hello")
+    result = await collect(engine.stream(prompt, SamplingParams(max_tokens=2, temperature=0)))
+    print("generated", result.completion_tokens)
+    await engine.close()
+
+asyncio.run(go())
+"""
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
+    # The engine process is a fresh `python -m`, not multiprocessing's spawn, which would
+    # re-run the user's own unguarded script in the child.
+    script = tmp_path / "myserver.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("generated 2") == 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from genai_service.engines.base import Cancellation, ChatMessage, SamplingParams, collect
+from genai_service.engines.base import Cancellation, ChatMessage, Prompt, SamplingParams, collect
 from genai_service.engines.llama_cpp import LlamaCppEngine
 from genai_service.model_store import embedded_model_path
 
@@ -55,3 +56,10 @@ async def test_cancellation_stops_between_tokens(engine: LlamaCppEngine) -> None
     done = await collect(engine.stream(prompt, SamplingParams(max_tokens=2, temperature=0.0)))
     assert done.completion_tokens == 2
     assert engine.active == 0
+
+
+async def test_empty_prompt_finishes_at_once(engine: LlamaCppEngine) -> None:
+    # Nothing to decode: the engine process sends the final chunk now, not with the next request.
+    empty = Prompt(text="", token_ids=[])
+    result = await asyncio.wait_for(collect(engine.stream(empty, SamplingParams(max_tokens=3))), 10)
+    assert result.finish_reason == "length" and result.completion_tokens == 0

@@ -81,6 +81,13 @@ def check_context(engine: Engine, prompt: Prompt, requested: int | None, default
     """The reply budget: `requested`, or the default clipped to the room left; 400 if no fit."""
     context = engine.info.context_length  # what the engine enforces (llama.cpp: per slot)
     n_prompt = len(prompt.token_ids)
+    if not prompt.token_ids and not prompt.text:
+        raise APIError(
+            400,
+            "The prompt is empty: there is nothing to continue from.",
+            param="prompt",
+            code="empty_prompt",
+        )
     room = context - n_prompt
     if room < 1:
         raise APIError(

@@ -22,6 +22,8 @@ import itertools
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -90,6 +92,44 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class EngineProcess:
+    """The engine process: a fresh interpreter, `python -m genai_service.engines.llama_cpp`.
+
+    Not multiprocessing's spawn, which re-imports the parent's `__main__` in the child, so a
+    user's own `python myserver.py` without an `if __name__ == "__main__"` guard would run
+    twice; nor fork, which copies a threaded server. Two one-way pipes are passed by fd.
+    """
+
+    def __init__(self, config: CoreConfig) -> None:
+        commands_r, self.commands = multiprocessing.Pipe(duplex=False)
+        self.events, events_w = multiprocessing.Pipe(duplex=False)
+        fds = (commands_r.fileno(), events_w.fileno())
+        self._popen = subprocess.Popen(
+            [sys.executable, "-m", "genai_service.engines.llama_cpp", *map(str, fds)],
+            pass_fds=fds,
+        )
+        # Only the child holds these ends now, so its death reads as EOF here.
+        commands_r.close()
+        events_w.close()
+        self.commands.send(config)
+        self.pid = self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while it runs; negative: the signal that ended it."""
+        return self._popen.poll()
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+
 class ProcessCore:
     """The core in a supervised child process, reached over two pipes."""
 
@@ -100,7 +140,6 @@ class ProcessCore:
     def __init__(self, config: CoreConfig, record: metrics.EngineRecorder) -> None:
         self._config = config
         self._record = record
-        self._mp = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._lock = threading.Lock()
         self._inflight: dict[int, Emit] = {}
         self._ids = itertools.count()
@@ -185,18 +224,8 @@ class ProcessCore:
 
     # --- process management -----------------------------------------------------------------
     def _spawn(self) -> None:
-        commands_r, commands_w = self._mp.Pipe(duplex=False)
-        events_r, events_w = self._mp.Pipe(duplex=False)
-        process = self._mp.Process(
-            target=core.main,
-            args=(self._config, commands_r, events_w),
-            name=f"genai-engine[{self._config.model_id}]",
-            daemon=True,  # never outlives the API process
-        )
-        process.start()
-        # Only the child holds these ends now, so its death reads as EOF here.
-        commands_r.close()
-        events_w.close()
+        process = EngineProcess(self._config)
+        events_r, commands_w = process.events, process.commands
         while True:
             try:
                 message = events_r.recv()

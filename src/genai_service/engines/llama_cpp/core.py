@@ -1,13 +1,14 @@
 """The llama.cpp engine core: the model weights, the llama context and the batch scheduler.
 
-It runs either in its own process (the default: `ProcessCore` in `client.py` starts `main`
-here), so a native fault in llama.cpp cannot take the API server down, or in the API process
-(`InProcessCore`, ENGINE_PROCESS=false), which `bench/` compares it with.
+It runs either in its own process (the default: `ProcessCore` in `client.py` starts
+`python -m genai_service.engines.llama_cpp`, whose `__main__` calls `main` here), so a native fault in llama.cpp cannot take the API
+server down, or in the API process (`InProcessCore`, ENGINE_PROCESS=false), which `bench/`
+compares it with.
 
-The wire protocol, pickled tuples over two one-way pipes:
-- API -> core: ("submit", id, token_ids, SamplingParams),
+The wire protocol, pickled objects over two one-way pipes:
+- API -> core: the `CoreConfig` first; then ("submit", id, token_ids, SamplingParams),
   ("cancel", id), ("stop",).
-- core -> API: ("ready", system_info), ("failed", message) at start-up; then one ("step", events,
+- core -> API: ("ready", system_info, n_ctx_per_slot), ("failed", message) at start-up; then one ("step", events,
   records, pending) per scheduler iteration, where an event is (id, GenerationChunk) or
   (id, error message).
 """
@@ -159,7 +160,7 @@ class InProcessCore:
 
 # --- the engine process --------------------------------------------------------------------------
 def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
-    """Entry point of the engine process (multiprocessing, spawn)."""
+    """Entry point of the engine process."""
     # The API process handles Ctrl-C and SIGTERM (sent to the whole process group by a terminal,
     # systemd or `docker stop`), drains its streams, and then stops us through the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

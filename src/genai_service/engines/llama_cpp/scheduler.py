@@ -203,6 +203,8 @@ class BatchScheduler:
     def _admit(self) -> bool:
         """Take new requests while slots are free; block only when nothing runs."""
         while self._free_seqs:
+            if not self._running:
+                self._flush()  # about to block: what was just emitted must go out first
             try:
                 item = self._incoming.get(block=not self._running)
             except queue.Empty:
