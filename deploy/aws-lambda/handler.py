@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any
 
 # Serverless defaults; every one can be overridden by the function's environment.
@@ -35,30 +34,8 @@ from mangum import Mangum  # noqa: E402
 
 from genai_service.app import create_app  # noqa: E402
 from genai_service.log_config import configure_logging  # noqa: E402
+from genai_service.middleware import ReadyGate  # noqa: E402
 from genai_service.settings import Settings  # noqa: E402
-
-Scope = dict[str, Any]
-
-
-class ReadyGate:
-    """ASGI wrapper: hold HTTP requests (not the health probes) until the model is ready."""
-
-    def __init__(self, app: Any, timeout: float) -> None:
-        self.app = app
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/health"):
-            await self.wait_ready()
-        await self.app(scope, receive, send)
-
-    async def wait_ready(self) -> None:
-        service = self.app.state.service
-        deadline = time.monotonic() + self.timeout
-        while not service.ready and time.monotonic() < deadline:
-            if "failed" in service.reason:
-                return  # let the app answer 503 with the reason
-            await asyncio.sleep(0.05)
 
 
 class Lifespan:

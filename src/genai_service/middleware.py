@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -201,3 +202,25 @@ class RequestBodyGuard:
     @staticmethod
     async def _reject(scope: Scope, receive: Receive, send: Send, error: APIError) -> None:
         await error.response()(scope, receive, send)
+
+
+class ReadyGate:
+    """Holds HTTP requests (not the health probes) until the model is ready, for hosts that send
+    the first request as soon as the process starts (serverless functions: deploy/)."""
+
+    def __init__(self, app: Any, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/health"):
+            await self.wait_ready()
+        await self.app(scope, receive, send)
+
+    async def wait_ready(self) -> None:
+        service = self.app.state.service
+        deadline = time.monotonic() + self.timeout
+        while not service.ready and time.monotonic() < deadline:
+            if "failed" in service.reason:
+                return  # let the app answer 503 with the reason
+            await asyncio.sleep(0.05)
