@@ -17,6 +17,9 @@ ACTIVE_SEQUENCES = Gauge(
     "genai_active_sequences", "Generations running or admitted in the engine.", ["model"]
 )
 GENERATED_TOKENS = Counter("genai_generated_tokens", "Completion tokens generated.", ["model"])
+PROMPT_TOKENS = Counter(
+    "genai_prompt_tokens", "Prompt tokens of the generations that ran (tokens in).", ["model"]
+)
 PREFIX_REUSED_TOKENS = Counter(
     "genai_prefix_reused_tokens", "Prompt tokens taken from the prefix cache.", ["model"]
 )

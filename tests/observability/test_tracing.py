@@ -83,6 +83,7 @@ def test_generation_spans(collector: Collector) -> None:
     assert attrs["gen_ai.request.model"] == MODEL_ID and attrs["gen_ai.request.max_tokens"] == 5
     assert attrs["gen_ai.usage.output_tokens"] == 5 and attrs["gen_ai.usage.input_tokens"] > 0
     assert attrs["gen_ai.response.finish_reasons"] == ["length"]
+    assert len(attrs["genai_service.request_id"]) >= 16  # the X-Request-ID of the request
     children = {s.name: s for s in collector.spans if s.parent_span_id == chat.span_id}
     assert {"queue", "prefill", "decode"} <= set(children)
     assert children["prefill"].end_time_unix_nano <= children["decode"].start_time_unix_nano

@@ -167,7 +167,7 @@ class GenerationService:
     ) -> Generation:
         """Check the limits, then wait for a slot; the generation runs when it is consumed."""
         params = self.sampling(engine, prompt, body)
-        span = self._span(engine, params, body)
+        span = self._span(engine, params, body, request)
         (lease,) = await self._admit(1, span)
         generation = Generation(
             request, engine, prompt, params, lease, on_finish, span, self.tracer
@@ -175,10 +175,18 @@ class GenerationService:
         generation.drain_seconds = self.drain_seconds
         return generation
 
-    def _span(self, engine: Engine, params: SamplingParams, body: SamplingRequest) -> trace.Span:
-        """The generation's span (GenAI semantic conventions), under the HTTP request's."""
+    def _span(
+        self,
+        engine: Engine,
+        params: SamplingParams,
+        body: SamplingRequest,
+        request: Request | None,
+    ) -> trace.Span:
+        """The generation's span (GenAI semantic conventions), under the HTTP request's; it
+        carries the X-Request-ID, so a log line leads to its trace."""
         operation = getattr(body, "operation", "chat")
-        return self.tracer.start_span(
+        request_id = getattr(request.state, "request_id", None) if request is not None else None
+        span = self.tracer.start_span(
             f"{operation} {engine.info.id}",
             attributes={
                 "gen_ai.operation.name": operation,
@@ -189,6 +197,9 @@ class GenerationService:
                 "gen_ai.request.top_p": params.top_p,
             },
         )
+        if request_id:
+            span.set_attribute("genai_service.request_id", str(request_id))
+        return span
 
     async def _admit(self, n: int, span: trace.Span) -> list[Lease]:
         """n slots from the one limiter (429 past its queue), timed as the span's `queue`."""
@@ -224,7 +235,7 @@ class GenerationService:
                 code="invalid_value",
             )
         params = self.sampling(engine, prompt, body)
-        span = self._span(engine, params, body)
+        span = self._span(engine, params, body, request)
         span.set_attribute("gen_ai.request.choice.count", n)
         leases = await self._admit(n, span)
         context = trace.set_span_in_context(span)
@@ -355,6 +366,7 @@ class Generation:
                         yield chunk
                         continue
                     metrics.GENERATED_TOKENS.labels(model).inc(chunk.completion_tokens)
+                    metrics.PROMPT_TOKENS.labels(model).inc(chunk.prompt_tokens)
                     tokens = chunk.completion_tokens
                     self.result = Completion(
                         text="".join(parts),
