@@ -92,3 +92,28 @@ def test_generation_spans(collector: Collector) -> None:
     assert http_span.trace_id == chat.trace_id and "POST" in http_span.name
     (completion,) = collector.named(f"text_completion {MODEL_ID}")
     assert attributes(completion)["gen_ai.usage.output_tokens"] == 3
+
+
+def test_trace_context_reaches_the_upstream_server(collector: Collector) -> None:
+    # Two real services, both exporting: ours in front with the upstream engine, and a second
+    # genai-service as the "provider". The provider's server span joins the front's trace.
+    with run_server(n_threads=1, n_ctx=512) as provider:
+        with run_server(
+            engine="upstream", model=MODEL_ID, upstream_base_url=f"{provider.base_url}/v1"
+        ) as front:
+            front.openai().chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+            )
+            deadline = time.monotonic() + 20
+            while len(collector.named(f"chat {MODEL_ID}")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    outer, inner = sorted(collector.named(f"chat {MODEL_ID}"), key=lambda s: s.start_time_unix_nano)
+    assert attributes(outer)["gen_ai.system"] == "upstream"
+    assert inner.trace_id == outer.trace_id  # one trace across both services
+    by_id = {s.span_id: s for s in collector.spans}
+    ancestors = set()
+    span = inner
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        ancestors.add(span.span_id)
+    assert outer.span_id in ancestors

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import structlog
+from opentelemetry import propagate
 
 from genai_service.engines.base import (
     Cancellation,
@@ -102,7 +103,10 @@ class UpstreamEngine:
             raise RuntimeError("engine is not loaded")
         attempt = 0
         while True:
-            request = self._client.build_request(method, path, json=body)
+            # W3C traceparent of the current generation span: the provider's trace joins ours.
+            trace_headers: dict[str, str] = {}
+            propagate.inject(trace_headers)
+            request = self._client.build_request(method, path, json=body, headers=trace_headers)
             try:
                 response = await self._client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout) as exc:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import structlog
 from fastapi import Request
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from genai_service import metrics
@@ -342,6 +343,8 @@ class Generation:
         status: Status = "cancelled"  # unless it runs to the end or fails
         failure: BaseException | None = None
         context = trace.set_span_in_context(self.span)
+        # Current while the engine runs, so an upstream engine propagates it (traceparent).
+        attached = otel_context.attach(context)
         phase = self._phase("prefill", context)  # until the first token
         try:
             # aclosing: a consumer that leaves closes the engine's stream now, not at GC.
@@ -389,6 +392,7 @@ class Generation:
             raise
         finally:
             phase.end()
+            otel_context.detach(attached)
             self.cancel.cancel()  # stop the engine at once (client gone, error)
             self.lease.release()
             if status != "ok":
