@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -35,20 +36,27 @@ def load_entry_point(path: Path, name: str, env: dict[str, str]) -> ModuleType:
         "DATA_DIR": tempfile.mkdtemp(prefix="genai-deploy-data-"),
         **env,
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in values.items():
-            mp.setenv(key, value)
-        mp.syspath_prepend(str(path.parent))
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        logging_config = structlog.get_config()
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            # The entry point configures structlog for its platform; later tests get theirs back.
-            structlog.configure(**logging_config)
+    environ = os.environ.copy()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in values.items():
+                mp.setenv(key, value)
+            mp.syspath_prepend(str(path.parent))
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            logging_config = structlog.get_config()
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                # The entry point configures structlog for its platform; later tests get theirs.
+                structlog.configure(**logging_config)
+    finally:
+        # The entry point sets its platform defaults (ENGINE_PROCESS, MODEL_CACHE_DIR, ...) with
+        # os.environ.setdefault: they must not leak into the tests that run after it.
+        os.environ.clear()
+        os.environ.update(environ)
     return module
 
 
