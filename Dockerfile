@@ -172,11 +172,14 @@ CMD ["serve", "--reload"]
 FROM base AS production
 ARG APP_UID=10001
 # A system user with a fixed UID (volume permissions stay predictable), no home, no login shell.
+# /models and /data belong to group 0 too, group-writable: platforms that run an arbitrary UID in
+# group 0 (OpenShift, some Kubernetes set-ups) can write them as well.
 RUN groupadd --gid "${APP_UID}" genai \
     && useradd --uid "${APP_UID}" --gid genai --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin genai \
     && mkdir -p /models/cache /data \
-    && chown -R genai:genai /models /data
+    && chown -R genai:0 /models /data \
+    && chmod -R g=u /models /data
 WORKDIR /app
 COPY --from=runtime-venv /opt/venv /opt/venv
 COPY --from=app /app /app

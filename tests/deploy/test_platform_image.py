@@ -49,7 +49,7 @@ def test_image_runs_read_only_as_an_arbitrary_uid_on_port(
     dockerkit.docker(
         "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--user", "12345:0",
         "--cap-drop", "ALL", "-p", "127.0.0.1::9090", "-e", "PORT=9090",
-        "-e", "DATA_DIR=/tmp/data", "-e", "LOG_JSON=true", "-e", "N_CTX=512", "-e", "N_THREADS=1",
+        "-e", "LOG_JSON=true", "-e", "N_CTX=512", "-e", "N_THREADS=1",
         "-v", f"{models}:/models:ro", "-e", f"MODEL=/models/{model}", production_image,
     )  # fmt: skip
     port = dockerkit.docker("port", name, "9090/tcp").stdout.split()[0]
