@@ -34,7 +34,6 @@ from genai_service.api.routes import (
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
 from genai_service.middleware import (
-    DEFAULT_MAX_REQUEST_BYTES,
     RequestBodyGuard,
     RequestContextMiddleware,
 )
@@ -171,7 +170,7 @@ def create_app(
     # Innermost: every body is checked (size, valid Unicode) before any route parses it.
     app.add_middleware(
         RequestBodyGuard,
-        max_bytes=getattr(settings, "max_request_bytes", None) or DEFAULT_MAX_REQUEST_BYTES,
+        max_bytes=settings.max_request_bytes,
     )
     if settings.allowed_cors_origins:
         app.add_middleware(

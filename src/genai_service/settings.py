@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a slot before 429."
     )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; a larger one is answered 413 before it is read.",
+    )
     shutdown_drain_seconds: float = Field(
         25.0,
         ge=0,

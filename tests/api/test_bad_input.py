@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from genai_service.api.errors import install_error_handlers
-from genai_service.middleware import RequestBodyGuard, RequestContextMiddleware, body_problem
+from genai_service.middleware import RequestContextMiddleware, body_problem
 from tests.api.test_errors import assert_openai_error
 from tests.conftest import MODEL_ID, RunningServer, free_port
 from tests.postgres import KEY_A
@@ -154,7 +154,7 @@ def test_usage_dates_out_of_range_are_400(server: RunningServer, params: dict[st
 
 
 def test_oversized_body_is_413_before_it_is_read(server: RunningServer) -> None:
-    limit = RequestBodyGuard(FastAPI()).max_bytes
+    limit = server.state.settings.max_request_bytes  # MAX_REQUEST_BYTES
     big = b'{"prompt": "' + b"a" * (limit + 1) + b'"}'
     with server.http() as http:
         response = http.post(
