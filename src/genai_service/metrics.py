@@ -47,7 +47,9 @@ ENGINE_CRASHES = Counter(
     ["model", "cause"],
 )
 ENGINE_UP = Gauge(
-    "genai_engine_up", "1 while the model's engine process serves, 0 while it restarts.", ["model"]
+    "genai_engine_up",
+    "1 while the model's engine serves, 0 while its process restarts (read at scrape time).",
+    ["model"],
 )
 DATABASE_UP = Gauge(
     "genai_database_up", "1 while the database answers with a current schema, 0 while not."

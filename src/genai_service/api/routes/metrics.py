@@ -23,4 +23,6 @@ async def prometheus_metrics(state: State, request: Request) -> Response:
     metrics.QUEUE_DEPTH.set(state.limiter.waiting + pending)
     for model_id, engine in state.engines.items():
         metrics.ACTIVE_SEQUENCES.labels(model_id).set(engine.active)
+        # 0 while the engine process restarts after a crash (see genai_engine_crashes_total).
+        metrics.ENGINE_UP.labels(model_id).set(0 if getattr(engine, "unavailable", None) else 1)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -169,7 +169,6 @@ class ProcessCore:
         """Start the process and wait for its self-test; raises if it cannot serve."""
         self._spawn()
         self.unavailable = None
-        metrics.ENGINE_UP.labels(self._config.model_id).set(1)
         self._supervisor = threading.Thread(
             target=self._supervise, name="llama.cpp-supervisor", daemon=True
         )
@@ -217,7 +216,6 @@ class ProcessCore:
             emit(EngineUnavailable("The server is shutting down."))
         if self._supervisor is not None:
             self._supervisor.join(timeout=10)
-        metrics.ENGINE_UP.labels(self._config.model_id).set(0)
 
     def _unavailable_message(self) -> str:
         return f"The model engine is unavailable: {self.unavailable or 'not started'}."
@@ -282,7 +280,6 @@ class ProcessCore:
                 else:
                     self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
                 self.unavailable = None
-                metrics.ENGINE_UP.labels(self._config.model_id).set(1)
                 log.info("engine_process_restarted", model=self._config.model_id)
                 break
 
@@ -316,7 +313,6 @@ class ProcessCore:
         self.crashes += 1
         model = self._config.model_id
         metrics.ENGINE_CRASHES.labels(model, cause).inc()
-        metrics.ENGINE_UP.labels(model).set(0)
         for _ in inflight:
             self._record("outcome", "error")
         log.error(
