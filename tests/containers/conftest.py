@@ -7,7 +7,6 @@ under GENAI_STRICT=1 (CI) a skip is a failure.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +19,7 @@ PROD_TAG = "genai-test/genai-service:prod"
 
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
-    try:
-        dockerkit.ensure_engine()
-    except dockerkit.DockerUnavailable as exc:
-        pytest.skip(f"Docker unavailable: {exc}")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"Docker could not be set up here: {exc}")
+    dockerkit.require_engine()
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,19 @@ def can_bootstrap() -> bool:
     )
 
 
+def require_engine() -> None:
+    """`ensure_engine()` for a test: a missing or broken engine skips it (a failure under
+    GENAI_STRICT=1)."""
+    import pytest  # here, not at the top: bench/images uses this module outside pytest
+
+    try:
+        ensure_engine()
+    except DockerUnavailable as exc:
+        pytest.skip(f"Docker unavailable: {exc}")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"Docker could not be set up here: {exc}")
+
+
 def ensure_engine() -> None:
     """Reuse a running engine; else install docker.io and start dockerd (root on Debian only)."""
     global DOCKER

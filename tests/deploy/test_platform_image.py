@@ -4,7 +4,6 @@ read-only root filesystem, an arbitrary non-root UID with group 0, the port from
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,7 @@ PROD_TAG = "genai-test/genai-service:prod"  # the tag tests/containers builds: o
 
 @pytest.fixture(scope="module")
 def production_image() -> str:
-    try:
-        dockerkit.ensure_engine()
-    except dockerkit.DockerUnavailable as exc:
-        pytest.skip(f"Docker unavailable: {exc}")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"Docker could not be set up here: {exc}")
+    dockerkit.require_engine()
     dockerkit.build(
         dockerkit.ROOT, PROD_TAG, target="production", build_args=dockerkit.local_build_args()
     )

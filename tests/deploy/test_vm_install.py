@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -60,12 +59,7 @@ PY
 
 @pytest.fixture(scope="module")
 def debian_image() -> str:
-    try:
-        dockerkit.ensure_engine()
-    except dockerkit.DockerUnavailable as exc:
-        pytest.skip(f"Docker unavailable: {exc}")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"Docker could not be set up here: {exc}")
+    dockerkit.require_engine()
     return dockerkit.ensure_python_base()  # debootstrapped Debian bookworm: python3, venv
 
 

@@ -77,11 +77,14 @@ class Core(Protocol):
         self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
     ) -> Any: ...
 
+    def release(self, handle: Any) -> None:
+        """The consumer is done with a submitted request (finished or gone)."""
+
     def close(self) -> None: ...
 
 
 def describe_exit(code: int | None) -> str:
-    """ "SIGSEGV", "exit code 70", ... for a child's exit code."""
+    """A child's exit code in words: "SIGSEGV", "exit code 70", ..."""
     if code is None:
         return "unknown exit"
     if code < 0:
@@ -470,21 +473,19 @@ class LlamaCppEngine:
         engine_core = self.core
         if engine_core is None:
             raise RuntimeError("engine is not loaded")
-        if engine_core.unavailable is not None:
-            raise EngineUnavailable(f"The model engine is unavailable: {engine_core.unavailable}.")
         cancel = cancel or Cancellation()
         handle: Any = None
 
         def start(emit: Emit) -> None:
             nonlocal handle
-            # In-process, the scheduler drops a cancelled request before its next step.
+            # Raises EngineUnavailable while a crashed engine process restarts.
             handle = engine_core.submit(prompt.token_ids, params, cancel, emit)
 
         try:
             async for chunk in stream_from_worker(start, cancel):
                 yield chunk
         finally:
-            if isinstance(engine_core, ProcessCore) and handle is not None:
+            if handle is not None:
                 engine_core.release(handle)
 
 

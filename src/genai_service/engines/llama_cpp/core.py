@@ -149,6 +149,9 @@ class InProcessCore:
             raise RuntimeError("engine is not loaded")
         self._scheduler.submit(tokens, params, cancel, emit)
 
+    def release(self, handle: Any) -> None:
+        """Nothing to do: the scheduler drops a cancelled request before its next step."""
+
     def close(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
         model, self._model = self._model, None
