@@ -62,6 +62,14 @@ async def _warm_up(engine: Engine) -> None:
     )
 
 
+class ModelLoadFailed(Exception):
+    """A model could not be loaded; `setting` names what to fix."""
+
+    def __init__(self, setting: str, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.setting = setting
+
+
 async def _load_more_models(state: ServiceState) -> None:
     """The embedding model and EXTRA_MODELS, after MODEL; readiness waits for all of them."""
     from genai_service.engines import create_model, model_specs
@@ -74,7 +82,8 @@ async def _load_more_models(state: ServiceState) -> None:
             await engine.load()
         except Exception as exc:
             if not spec.optional:
-                raise
+                setting = "EXTRA_MODELS" if spec in settings.extra_models else "EMBEDDING_MODEL"
+                raise ModelLoadFailed(setting, exc) from exc
             log.warning("optional_model_skipped", model=spec.model, error=str(exc))
             continue
         if spec.kind == "embedding":
@@ -89,8 +98,11 @@ async def load_engines(state: ServiceState, factory: EngineFactory) -> None:
     try:
         if settings.model:  # MODEL="" serves only the embedding and extra models
             state.reason = f"loading model '{settings.model}'"
-            engine = await asyncio.to_thread(factory, settings)
-            await engine.load()
+            try:
+                engine = await asyncio.to_thread(factory, settings)
+                await engine.load()
+            except Exception as exc:
+                raise ModelLoadFailed("MODEL", exc) from exc
             state.add_engine(engine, settings.model)
             if settings.warmup and getattr(engine, "warmup", True):
                 state.reason = "warming up"
@@ -101,9 +113,16 @@ async def load_engines(state: ServiceState, factory: EngineFactory) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        # Stay alive and say why on /health/ready; a restart loop would hide the cause.
-        state.reason = f"model failed to load: {exc}"
-        log.error("model_load_failed", error=str(exc))
+        # Stay alive and say why on /health/ready; a restart loop would hide the cause. Nothing
+        # retries: the same settings fail the same way, so the reason says what to change.
+        setting = exc.setting if isinstance(exc, ModelLoadFailed) else "MODEL"
+        fix = (
+            f"this is permanent: retrying will not help; fix {setting} (or the engine settings "
+            "it needs) and restart the service"
+        )
+        state.failed = True
+        state.reason = f"model failed to load: {str(exc).rstrip('.')}; {fix}"
+        log.error("model_load_failed", setting=setting, error=str(exc), fix=fix)
 
 
 def create_app(

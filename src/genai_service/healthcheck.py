@@ -6,6 +6,7 @@ It asks /health/ready on PORT (default 8000) over loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.error
@@ -18,6 +19,15 @@ def main() -> int:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
+    except urllib.error.HTTPError as exc:
+        # `docker inspect` shows this line: the service's own reason (a failed load says how
+        # to fix it) beats "HTTP Error 503".
+        try:
+            reason = json.loads(exc.read()).get("reason")
+        except (ValueError, OSError, AttributeError):
+            reason = None
+        print(f"not ready: {reason or exc}", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"not ready: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ class ServiceState:
     aliases: dict[str, str] = field(default_factory=dict)
     ready: bool = False
     reason: str = "starting"
+    # The model load failed: final until the settings change and the service restarts.
+    failed: bool = False
     default_model: str | None = None
     # Embedding models (/v1/embeddings), keyed by model id like `engines`.
     embedders: dict[str, EmbeddingEngine] = field(default_factory=dict)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from genai_service.engines import create_engine
 from genai_service.engines.base import Engine
@@ -51,16 +55,48 @@ def test_readiness_before_and_after_load() -> None:
             assert ok.status_code == 200
 
 
-def test_failed_load_reports_reason() -> None:
-    with run_server(model="/nonexistent/model.gguf", wait=False) as broken:
+def test_failed_load_says_it_is_permanent_and_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with capture_logs() as logs, run_server(model="/nonexistent/model.gguf", wait=False) as broken:
         deadline = time.monotonic() + 10
-        while "failed" not in broken.state.reason and time.monotonic() < deadline:
+        while not broken.state.failed and time.monotonic() < deadline:
             time.sleep(0.05)
         with broken.http() as http:
             response = http.get("/health/ready")
             assert response.status_code == 503
-            assert "failed" in response.json()["reason"]
+            assert "retry-after" not in response.headers  # retrying cannot help
+            body = response.json()
+            assert body["status"] == "failed"
+            assert (
+                "failed to load" in body["reason"] and "/nonexistent/model.gguf" in body["reason"]
+            )
+            assert "permanent" in body["reason"] and "fix MODEL" in body["reason"]
             assert http.get("/health/live").status_code == 200
+
+            refused = http.post("/generate/text", json={"prompt": "hi"})
+            assert refused.status_code == 503
+            assert "retry-after" not in refused.headers
+            assert refused.json()["error"]["code"] == "model_load_failed"
+            assert "fix MODEL" in refused.json()["error"]["message"]
+
+        # The container probe (Docker HEALTHCHECK) prints the same reason.
+        monkeypatch.setenv("HEALTHCHECK_URL", f"{broken.base_url}/health/ready")
+        probe = subprocess.run(
+            [sys.executable, "-m", "genai_service.healthcheck"], capture_output=True, text=True
+        )
+        assert probe.returncode == 1 and "permanent" in probe.stderr
+    failures = [entry for entry in logs if entry["event"] == "model_load_failed"]
+    assert len(failures) == 1  # said once, not in a retry loop
+    assert failures[0]["setting"] == "MODEL" and "restart" in failures[0]["fix"]
+
+
+def test_a_failed_embedding_model_names_its_setting(tmp_path: Path) -> None:
+    with run_server(embedding_model=str(tmp_path / "missing"), wait=False) as broken:
+        deadline = time.monotonic() + 30
+        while not broken.state.failed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "fix EMBEDDING_MODEL" in broken.state.reason
 
 
 @pytest.mark.parametrize(

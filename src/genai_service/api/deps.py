@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from genai_service.api.errors import (
     APIError,
     engine_unavailable,
+    load_failed,
     model_not_found,
     not_ready,
     unauthorized,
@@ -63,7 +64,7 @@ Principal = Annotated[str, Depends(get_principal)]
 
 def resolve_engine(state: ServiceState, model: str | None) -> Engine:
     if not state.ready:
-        raise not_ready(state.reason)
+        raise load_failed(state.reason) if state.failed else not_ready(state.reason)
     engine = state.find(model)
     if engine is None:
         if state.find_embedder(model) is not None:
@@ -77,7 +78,7 @@ def resolve_engine(state: ServiceState, model: str | None) -> Engine:
 
 def resolve_embedder(state: ServiceState, model: str | None) -> EmbeddingEngine:
     if not state.ready:
-        raise not_ready(state.reason)
+        raise load_failed(state.reason) if state.failed else not_ready(state.reason)
     engine = state.find_embedder(model)
     if engine is None:
         if model is not None and state.find(model) is not None:

@@ -85,6 +85,11 @@ def not_ready(reason: str, retry_after: int = 5) -> APIError:
     )
 
 
+def load_failed(reason: str) -> APIError:
+    """The model failed to load: no Retry-After, since a retry meets the same failure."""
+    return APIError(503, f"The service cannot serve: {reason}.", code="model_load_failed")
+
+
 def engine_unavailable(message: str) -> APIError:
     """The engine process crashed and restarts: a retry in a moment will be served."""
     return APIError(503, message, code="engine_unavailable", headers={"Retry-After": "1"})

@@ -650,7 +650,8 @@ class DetokenizeResponse(BaseModel):
 
 # --- health ---------------------------------------------------------------------------------
 class Health(BaseModel):
-    status: Literal["ok", "unavailable", "degraded"]
+    # failed: the model load failed, and only new settings and a restart can change that.
+    status: Literal["ok", "unavailable", "degraded", "failed"]
     reason: str | None = None
     models: dict[str, Any] = Field(default_factory=dict)
     database: dict[str, Any] | None = None

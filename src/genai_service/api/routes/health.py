@@ -41,6 +41,10 @@ async def ready(state: State, request: Request) -> JSONResponse:
         for model_id, engine in [*state.engines.items(), *state.embedders.items()]
     }
     db_up, database = await _database(request)
+    if state.failed:
+        # No Retry-After: the same settings fail the same way; the reason says what to fix.
+        body = Health(status="failed", reason=state.reason, models=models, database=database)
+        return JSONResponse(body.model_dump(), status_code=503)
     trouble = state.engine_trouble() if state.ready else None
     if trouble:
         # An engine process crashed and restarts: out of the load balancer until it is back.
