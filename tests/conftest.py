@@ -72,11 +72,12 @@ def run_server(
     settings: Settings | None = None,
     engine_factory: EngineFactory | None = None,
     wait: bool = True,
+    port: int | None = None,
     **overrides: Any,
 ) -> Iterator[RunningServer]:
     settings = settings or make_settings(**overrides)
     app = create_app(settings, engine_factory)
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

@@ -205,6 +205,11 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(
         3, ge=0, description="Retries on 429, 5xx and connection errors, with backoff."
     )
+    upstream_health_interval: float = Field(
+        5.0,
+        gt=0,
+        description="How often (s) the upstream's /models is probed; readiness follows it.",
+    )
     extra_models: list[ModelSpec] = Field(
         default_factory=list,
         description='More models, JSON: [{"model": "...", "engine": "...", "kind": '

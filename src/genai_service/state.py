@@ -52,8 +52,9 @@ class ServiceState:
         return self.embedders.get(self.aliases.get(name, name))
 
     def engine_trouble(self) -> str | None:
-        """Why a loaded model cannot serve right now (its engine process restarts), if so."""
-        for model_id, engine in self.engines.items():
+        """Why a loaded model cannot serve right now (its engine process restarts, its upstream
+        is down), if so."""
+        for model_id, engine in [*self.engines.items(), *self.embedders.items()]:
             reason = getattr(engine, "unavailable", None)
             if reason:
                 return f"model '{model_id}': {reason}"

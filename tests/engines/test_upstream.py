@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,8 @@ import pytest
 
 from genai_service.engines.base import EngineHTTPError, SamplingParams, collect
 from genai_service.engines.upstream import UpstreamEngine
-from tests.conftest import MODEL_ID, RunningServer, make_settings, run_server
+from tests.conftest import MODEL_ID, RunningServer, free_port, make_settings, run_server
+from tests.fakes import FakeEngine
 
 UPSTREAM_KEY = "sk-upstream-secret"
 
@@ -130,6 +132,65 @@ def test_wrong_upstream_key_fails_readiness(upstream: RunningServer) -> None:
         response = server.http().get("/health/ready")
         assert response.status_code == 503
         assert "401" in response.json()["reason"]
+
+
+def _ready_status(server: RunningServer, expected: int) -> httpx.Response:
+    deadline = time.monotonic() + 20
+    with server.http() as http:
+        while True:
+            response = http.get("/health/ready")
+            if response.status_code == expected or time.monotonic() > deadline:
+                return response
+            time.sleep(0.05)
+
+
+def test_readiness_follows_the_upstreams_health() -> None:
+    # The upstream is a real second service on a fixed loopback port, stopped and started again;
+    # it serves the fake engine, since only its availability matters here.
+    port = free_port()
+    request = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with ExitStack() as stack:
+        upstream_life = stack.enter_context(ExitStack())  # closed below: the upstream dies
+        upstream = upstream_life.enter_context(
+            run_server(engine_factory=lambda _: FakeEngine(), port=port)
+        )
+        settings = make_settings(
+            engine="upstream",
+            model="fake",
+            upstream_base_url=f"{upstream.base_url}/v1",
+            upstream_health_interval=0.1,
+            upstream_max_retries=0,
+        )
+        front = stack.enter_context(run_server(settings))
+        assert _ready_status(front, 200).status_code == 200
+
+        upstream_life.close()
+        down = _ready_status(front, 503)
+        assert down.status_code == 503
+        assert "does not answer" in down.json()["reason"]
+        refused = front.http().post("/v1/chat/completions", json=request)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "engine_unavailable"
+
+        stack.enter_context(run_server(engine_factory=lambda _: FakeEngine(), port=port))
+        assert _ready_status(front, 200).status_code == 200
+        answer = front.openai().chat.completions.create(**request)
+        assert answer.choices[0].message.content
+
+
+def test_an_upstream_down_at_start_is_waited_for_not_failed() -> None:
+    port = free_port()
+    settings = make_settings(
+        engine="upstream",
+        model="fake",
+        upstream_base_url=f"http://127.0.0.1:{port}/v1",
+        upstream_health_interval=0.1,
+    )
+    with run_server(settings) as front:
+        assert front.state.ready and not front.state.failed
+        assert _ready_status(front, 503).status_code == 503
+        with run_server(engine_factory=lambda _: FakeEngine(), port=port):
+            assert _ready_status(front, 200).status_code == 200
 
 
 # --- retry paths, against a fake upstream -----------------------------------------------------

@@ -84,6 +84,9 @@ def resolve_embedder(state: ServiceState, model: str | None) -> EmbeddingEngine:
         if model is not None and state.find(model) is not None:
             raise wrong_kind(model, "a text-generation model", "/v1/chat/completions")
         raise model_not_found(model or "")
+    trouble = getattr(engine, "unavailable", None)
+    if trouble:
+        raise engine_unavailable(f"The model engine is unavailable: {trouble}.")
     return engine
 
 

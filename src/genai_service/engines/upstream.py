@@ -4,12 +4,15 @@ Ollama, or another genai-service) behind this service's API.
 Chat turns are forwarded unrendered (the upstream applies its own template), streams are
 passed through chunk by chunk, and a request that fails before its first byte with 429, a
 5xx or a connection error is retried with exponential backoff (honouring `Retry-After`).
+A background probe of the upstream's `/models` sets `unavailable` while the upstream is down,
+so readiness (and requests: a quick 503 instead of 502 after retries) follow its health.
 Azure OpenAI works through its OpenAI-compatible `/openai/v1` base URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +53,7 @@ class UpstreamEngine:
         connect_timeout: float = 5.0,
         max_retries: int = 3,
         backoff: float = 0.5,
+        health_interval: float = 5.0,
         context_length: int = 131072,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -59,6 +63,9 @@ class UpstreamEngine:
         self.max_retries = max_retries
         self.backoff = backoff
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self.health_interval = health_interval
+        # A probe is one quick GET: a slow answer counts as down, like a load balancer's check.
+        self._probe_timeout = httpx.Timeout(min(connect_timeout, 5.0))
         self.info = ModelInfo(
             id=model_id or model,
             engine=self.engine_name,
@@ -67,8 +74,10 @@ class UpstreamEngine:
             path=self.base_url,
         )
         self.active = 0
+        self.unavailable: str | None = None  # why the upstream cannot serve now
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
     async def load(self) -> None:
@@ -76,11 +85,43 @@ class UpstreamEngine:
         self._client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=self.timeout, transport=self._transport
         )
-        # Fail at start, not at the first user request, when the URL or the key is wrong.
-        response = await self._send("GET", "/models")
-        await response.aclose()
+        # Fail at start, not at the first user request, when the URL or the key is wrong (a
+        # 4xx: permanent). An upstream that is down or busy is not: readiness waits for it.
+        self.unavailable = await self._probe(fail_on_client_error=True)
+        if self.unavailable:
+            log.warning("upstream_unavailable", url=self.base_url, reason=self.unavailable)
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _probe(self, fail_on_client_error: bool = False) -> str | None:
+        """Why the upstream cannot serve now, from one GET /models; None when it answers 2xx."""
+        assert self._client is not None
+        try:
+            response = await self._client.get("/models", timeout=self._probe_timeout)
+        except httpx.HTTPError as exc:
+            return f"the upstream model server {self.base_url} does not answer ({exc!r})"
+        if response.status_code < 400:
+            return None
+        error = _http_error(response)
+        if fail_on_client_error and response.status_code < 500 and response.status_code != 429:
+            raise error
+        return error.message
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            trouble = await self._probe()
+            if trouble and not self.unavailable:
+                log.warning("upstream_unavailable", url=self.base_url, reason=trouble)
+            elif self.unavailable and not trouble:
+                log.info("upstream_available", url=self.base_url)
+            self.unavailable = trouble
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -245,4 +286,5 @@ def from_spec(spec: ModelSpec, settings: Settings) -> UpstreamEngine:
         api_key=token.get_secret_value() if token else None,
         timeout=settings.upstream_timeout,
         max_retries=settings.upstream_max_retries,
+        health_interval=settings.upstream_health_interval,
     )
