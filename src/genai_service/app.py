@@ -45,6 +45,37 @@ from genai_service.state import ServiceState
 
 log = structlog.get_logger(__name__)
 
+# Request headers a browser may send cross-origin: ours, plus what the official openai JS SDK
+# adds to every request (x-stainless-*: its platform telemetry; organization and project).
+CORS_ALLOW_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "X-Request-ID",
+    "X-API-Key",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "OpenAI-Beta",
+    "Idempotency-Key",
+    *(
+        f"X-Stainless-{name}"
+        for name in (
+            "Lang",
+            "Package-Version",
+            "OS",
+            "Arch",
+            "Runtime",
+            "Runtime-Version",
+            "Retry-Count",
+            "Timeout",
+            "Helper-Method",
+            "Helper",
+            "Async",
+            "Poll-Helper",
+            "Custom-Poll-Interval",
+        )
+    ),
+]
+
 # Builds (not loads) the engine for the settings; may block on a download, so runs in a thread.
 EngineFactory = Callable[[Settings], Engine]
 
@@ -197,7 +228,7 @@ def create_app(
             allow_origins=settings.allowed_cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=CORS_ALLOW_HEADERS,
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestContextMiddleware)

@@ -49,6 +49,20 @@ def test_wrong_or_missing_key_is_401(secured: RunningServer) -> None:
         assert basic.status_code == 401
 
 
+def test_x_api_key_is_an_alternative_and_a_malformed_header_is_named(
+    secured: RunningServer,
+) -> None:
+    with secured.http() as http:
+        assert http.get("/v1/models", headers={"X-API-Key": KEYS[1]}).status_code == 200
+        wrong = http.get("/v1/models", headers={"X-API-Key": "nope"})
+        bare = http.get("/v1/models", headers={"Authorization": KEYS[0]})
+        missing = http.get("/v1/models")
+    assert wrong.status_code == 401 and "Incorrect" in wrong.json()["error"]["message"]
+    assert bare.status_code == 401
+    assert bare.json()["error"]["message"].startswith("Malformed Authorization header")
+    assert missing.status_code == 401 and "X-API-Key" in missing.json()["error"]["message"]
+
+
 def test_health_needs_no_key(secured: RunningServer) -> None:
     with secured.http() as http:
         assert http.get("/health/live").status_code == 200

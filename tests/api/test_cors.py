@@ -48,3 +48,42 @@ def test_no_cors_without_allowlist(server: RunningServer) -> None:
     with server.http() as http:
         response = http.get("/v1/models", headers={"Origin": ALLOWED})
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_a_preflight_with_the_openai_js_sdk_headers_passes(cors_server: RunningServer) -> None:
+    # What openai-node (with dangerouslyAllowBrowser) asks for before each POST.
+    sdk_headers = [
+        "authorization",
+        "content-type",
+        "openai-organization",
+        "openai-project",
+        "x-api-key",
+        *(
+            f"x-stainless-{name}"
+            for name in (
+                "lang",
+                "package-version",
+                "os",
+                "arch",
+                "runtime",
+                "runtime-version",
+                "retry-count",
+                "timeout",
+                "helper-method",
+            )
+        ),
+    ]
+    with cors_server.http() as http:
+        preflight = http.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": ALLOWED,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": ",".join(sdk_headers),
+            },
+        )
+    assert preflight.status_code == 200, preflight.text
+    allowed = {
+        h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")
+    }
+    assert set(sdk_headers) <= allowed

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from genai_service.engines.onnx import OnnxEmbeddingEngine
 from genai_service.model_store import onnx_cache_dir
 from genai_service.settings import Settings
+from tests.api.test_usage import wait_for_records
 from tests.conftest import MODEL_ID, RunningServer, run_server
 
 EMBED_ID = "all-MiniLM-L6-v2"
@@ -70,6 +72,23 @@ def test_embeddings_float_and_base64(both: RunningServer, minilm_cache: Path) ->
     assert np.allclose(vectors, expected, atol=1e-5)
     # Similar sentences are closer than unrelated ones.
     assert vectors[0] @ vectors[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_embeddings_are_counted_in_usage(both: RunningServer) -> None:
+    request_id = uuid.uuid4().hex
+    with both.http() as http:
+        reply = http.post(
+            "/v1/embeddings",
+            headers={"X-Request-ID": request_id},
+            json={"model": EMBED_ID, "input": ["one text", "and another"]},
+        ).json()
+        record = wait_for_records(both, [request_id])[request_id]
+        assert record.endpoint == "/v1/embeddings" and record.status == "ok"
+        assert (record.model, record.engine) == (EMBED_ID, "onnx")
+        assert record.prompt_tokens == reply["usage"]["prompt_tokens"] > 0
+        assert record.completion_tokens == 0
+        report = http.get("/v1/usage").json()
+    assert EMBED_ID in {bucket["model"] for bucket in report["data"]}
 
 
 def test_model_field_defaults_to_the_embedding_model(both: RunningServer) -> None:

@@ -29,7 +29,8 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 
 def require_api_key(request: Request, state: State) -> None:
-    """`Authorization: Bearer <key>` against the configured keys, in constant time.
+    """`Authorization: Bearer <key>` (or `X-API-Key: <key>`) against the configured keys, in
+    constant time.
 
     Every key is compared (no early exit), so timing tells nothing about which one nearly
     matched; keys never reach a log line.
@@ -37,9 +38,19 @@ def require_api_key(request: Request, state: State) -> None:
     keys = state.settings.api_key_values
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized(
+                "Malformed Authorization header: expected 'Authorization: Bearer <key>'."
+            )
+    else:
+        token = request.headers.get("x-api-key", "")
+        if not token.strip():
+            raise unauthorized(
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+            )
     presented = token.strip().encode()
     matched = False
     for key in keys:

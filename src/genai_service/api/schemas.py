@@ -505,6 +505,12 @@ class GenerateTextRequest(SamplingFields):
     model: str | None = None
 
 
+class GenerateTextQuery(GenerateTextRequest):
+    """The same fields as query parameters (`?prompt=...&max_tokens=5`), for a body-less POST."""
+
+    prompt: str | None = Field(None, min_length=1, description="Prompt, instead of a JSON body")
+
+
 class GenerateTextResponse(BaseModel):
     text: str
     model: str

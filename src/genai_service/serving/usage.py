@@ -13,7 +13,13 @@ from typing import Literal
 import structlog
 from fastapi import Request
 
-from genai_service.engines.base import Completion, Engine, GenerationChunk, Prompt
+from genai_service.engines.base import (
+    Completion,
+    EmbeddingEngine,
+    Engine,
+    GenerationChunk,
+    Prompt,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -29,8 +35,16 @@ def _endpoint(request: Request) -> str:
     return path[:64]
 
 
+def record_embeddings(request: Request, engine: EmbeddingEngine) -> UsageRecorder:
+    """A recorder for one /v1/embeddings call: set `prompt_tokens`, then `finish()`. Its record
+    has the input tokens and no completion tokens."""
+    return UsageRecorder(request, engine, Prompt(text="", token_ids=[]))
+
+
 class UsageRecorder:
-    def __init__(self, request: Request | None, engine: Engine, prompt: Prompt) -> None:
+    def __init__(
+        self, request: Request | None, engine: Engine | EmbeddingEngine, prompt: Prompt
+    ) -> None:
         self.request = request
         self.engine = engine
         self.prompt_tokens = len(prompt.token_ids)

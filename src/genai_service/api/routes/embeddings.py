@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from array import array
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from genai_service.api.deps import State, resolve_embedder
 from genai_service.api.errors import APIError
@@ -15,6 +15,7 @@ from genai_service.api.schemas import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
+from genai_service.serving.usage import record_embeddings
 
 router = APIRouter(tags=["openai"])
 
@@ -25,9 +26,19 @@ def _base64(vector: list[float]) -> str:
 
 
 @router.post("/embeddings", response_model=EmbeddingResponse)
-async def embeddings(body: EmbeddingRequest, state: State) -> EmbeddingResponse:
+async def embeddings(body: EmbeddingRequest, state: State, request: Request) -> EmbeddingResponse:
     engine = resolve_embedder(state, body.model)
-    vectors, tokens = await engine.embed(body.texts())
+    usage = record_embeddings(request, engine)  # one /v1/usage record, like a generation
+    try:
+        vectors, tokens = await engine.embed(body.texts())
+    except Exception:
+        usage.finish("error")
+        raise
+    except BaseException:  # the client went away
+        usage.finish("cancelled")
+        raise
+    usage.prompt_tokens = tokens
+    usage.finish("ok")
     size = len(vectors[0]) if vectors else 0
     if body.dimensions is not None and body.dimensions != size:
         raise APIError(

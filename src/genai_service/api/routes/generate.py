@@ -12,7 +12,11 @@ from fastapi import APIRouter, Body, Query, Request
 
 from genai_service.api.deps import State, resolve_engine
 from genai_service.api.errors import APIError
-from genai_service.api.schemas import GenerateTextRequest, GenerateTextResponse
+from genai_service.api.schemas import (
+    GenerateTextQuery,
+    GenerateTextRequest,
+    GenerateTextResponse,
+)
 from genai_service.api.sse import usage_of
 from genai_service.engines.base import ChatMessage
 
@@ -23,20 +27,19 @@ router = APIRouter(tags=["generate"])
 async def generate_text(
     request: Request,
     state: State,
+    query: Annotated[GenerateTextQuery, Query()],
     body: Annotated[GenerateTextRequest | None, Body()] = None,
-    prompt: Annotated[
-        str | None, Query(min_length=1, description="Prompt, instead of a JSON body")
-    ] = None,
 ) -> GenerateTextResponse:
     if body is None:
-        if prompt is None:
+        if query.prompt is None:
             raise APIError(
                 400,
                 'Send a prompt: JSON body {"prompt": "..."} or the ?prompt= query parameter.',
                 param="prompt",
                 code="missing_prompt",
             )
-        body = GenerateTextRequest(prompt=prompt)
+        # Every field works in the query form too (max_tokens, temperature, stop, ...).
+        body = GenerateTextRequest.model_validate(query.model_dump(exclude_unset=True))
     engine = resolve_engine(state, body.model)
     messages = [ChatMessage("system", body.system)] if body.system else []
     messages.append(ChatMessage("user", body.prompt))
