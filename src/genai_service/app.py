@@ -31,6 +31,7 @@ from genai_service.api.routes import (
     responses,
     tokenize,
 )
+from genai_service.api.routes import docs as api_docs
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
 from genai_service.middleware import (
@@ -194,8 +195,8 @@ def create_app(
         version=__version__,
         description="OpenAI-compatible generative-AI service.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # api/routes/docs.py serves /docs and /redoc without a CDN
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = state
@@ -214,6 +215,8 @@ def create_app(
     app.include_router(generate.router, dependencies=guarded)
     app.include_router(tokenize.router, dependencies=auth)
     include_storage_routes(app, auth)  # conversations and usage
+    if docs:
+        api_docs.install(app)
     if settings.playground_enabled:  # the page only; its API calls go through `auth`
         app.include_router(playground.router)
 

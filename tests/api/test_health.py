@@ -106,5 +106,5 @@ def test_a_failed_embedding_model_names_its_setting(tmp_path: Path) -> None:
 def test_docs_hidden_in_production_unless_asked(env: str, show: bool, visible: bool) -> None:
     with run_server(build_env=env, show_docs_in_production=show) as running:
         with running.http() as http:
-            for path in ("/docs", "/openapi.json"):
+            for path in ("/docs", "/redoc", "/openapi.json"):
                 assert (http.get(path).status_code == 200) is visible
