@@ -220,11 +220,26 @@ def tiny_llama_onnx(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) 
     return ExportRun(out, result.exit_code, result.output)
 
 
+@dataclass
+class FirstStart:
+    cache: Path
+    logs: list[dict[str, Any]]  # what the service logged (structlog) while exporting
+
+
 @pytest.fixture(scope="session")
-def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model cache holding MiniLM exported to ONNX (FP32 + INT8) by the first-use path."""
+def minilm_first_start(tmp_path_factory: pytest.TempPathFactory) -> FirstStart:
+    """MiniLM exported to ONNX (FP32 + INT8) into an empty cache by the first-use path."""
+    from structlog.testing import capture_logs
+
     from genai_service.engines import resolve_onnx_model
 
     cache = tmp_path_factory.mktemp("model-cache")
-    resolve_onnx_model("minilm", make_settings(model_cache_dir=cache))
-    return cache
+    with capture_logs() as logs:
+        resolve_onnx_model("minilm", make_settings(model_cache_dir=cache))
+    return FirstStart(cache, logs)
+
+
+@pytest.fixture(scope="session")
+def minilm_cache(minilm_first_start: FirstStart) -> Path:
+    """A model cache holding MiniLM exported to ONNX (FP32 + INT8) by the first-use path."""
+    return minilm_first_start.cache

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from genai_service.engines.base import ChatMessage, SamplingParams, collect
 from genai_service.engines.onnx import OnnxCausalLMEngine, OnnxEmbeddingEngine
 from genai_service.model_store import embedded_checkpoint_dir, onnx_cache_dir
-from tests.conftest import ExportRun, make_settings, run_server
+from tests.conftest import ExportRun, FirstStart, make_settings, run_server
 
 TEXTS = [
     "A man is eating food.",
@@ -61,9 +62,20 @@ def test_minilm_cache_is_reused(minilm_cache: Path) -> None:
 
     folder = onnx_cache_dir(minilm_cache, "all-MiniLM-L6-v2")
     before = (folder / "model.int8.onnx").stat().st_mtime_ns
-    again, model_id = resolve_onnx_model("minilm", make_settings(model_cache_dir=minilm_cache))
+    with capture_logs() as logs:
+        again, model_id = resolve_onnx_model("minilm", make_settings(model_cache_dir=minilm_cache))
     assert (again, model_id) == (folder, "all-MiniLM-L6-v2")
     assert (folder / "model.int8.onnx").stat().st_mtime_ns == before
+    assert logs == []  # no export, nothing to announce
+
+
+def test_the_first_start_export_says_what_it_does(minilm_first_start: FirstStart) -> None:
+    events = [entry["event"] for entry in minilm_first_start.logs]
+    assert events == ["onnx_export_started", "onnx_export_done"]
+    started, done = minilm_first_start.logs
+    assert started["model"] == "all-MiniLM-L6-v2" and started["precision"] == "int8"
+    assert "first start only" in started["note"]
+    assert done["seconds"] > 0
 
 
 async def test_causal_lm_kv_cache_matches_transformers(

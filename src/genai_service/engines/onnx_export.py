@@ -14,10 +14,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -193,5 +198,17 @@ def ensure_exported(src: Path, out: Path, *, quantize: Literal["int8"] | None = 
         return out
     with _locked(out.parent / f".{out.name}.lock"):
         if not (out / wanted).is_file():
+            # The first start's one slow step: say what it is and that it happens once.
+            log.info(
+                "onnx_export_started",
+                model=out.name,
+                precision=quantize or "fp32",
+                note="first start only, about 15 s; the result is cached",
+                cache=str(out),
+            )
+            started = time.perf_counter()
             export_onnx(src, out, quantize=quantize)
+            log.info(
+                "onnx_export_done", model=out.name, seconds=round(time.perf_counter() - started, 1)
+            )
     return out
