@@ -15,6 +15,7 @@ from genai_service.engines import create_engine
 from genai_service.engines.base import Engine
 from genai_service.settings import Settings
 from tests.conftest import MODEL_ID, RunningServer, run_server
+from tests.fakes import FakeEngine
 
 
 def test_ready_when_loaded(server: RunningServer) -> None:
@@ -92,7 +93,10 @@ def test_failed_load_says_it_is_permanent_and_how_to_fix_it(
 
 
 def test_a_failed_embedding_model_names_its_setting(tmp_path: Path) -> None:
-    with run_server(embedding_model=str(tmp_path / "missing"), wait=False) as broken:
+    # The chat model is the fake engine: only the embedding model's failure matters here.
+    with run_server(
+        engine_factory=lambda _: FakeEngine(), embedding_model=str(tmp_path / "missing"), wait=False
+    ) as broken:
         deadline = time.monotonic() + 30
         while not broken.state.failed and time.monotonic() < deadline:
             time.sleep(0.05)
