@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from genai_service import __version__
 from genai_service.api.auth import RATELIMIT_HEADERS, metrics_access, require_api_key, token_budget
 from genai_service.api.errors import install_error_handlers
+from genai_service.api.limits import message_limits
 from genai_service.api.routes import (
     chat,
     completions,
@@ -153,7 +154,8 @@ def create_app(
     state.generations.tracer = tracing.generation_tracer(provider)
     install_error_handlers(app)
 
-    auth = [Depends(require_api_key)]
+    # Every API route: who is asking, then MAX_MESSAGES / MAX_MESSAGE_CHARS on the body.
+    auth = [Depends(require_api_key), Depends(message_limits)]
     # Generation routes: the key's daily tokens, and COMPLETIONS_WITHOUT_DATABASE.
     guarded = [*auth, Depends(token_budget), Depends(completions_guard)]
     app.include_router(health.router)

@@ -226,3 +226,22 @@ def test_keys_cli_and_authentication_from_the_database(tmp_path: Path) -> None:
     assert unknown.exit_code == 1 and "no API key" in unknown.output
     wrong = runner.invoke(cli, ["keys", "create", "--name", "x", "--scope", "root"])
     assert wrong.exit_code == 2
+
+
+def test_metrics_for_admin_keys_only_when_protected() -> None:
+    from tests.fakes import FakeEngine
+
+    with (
+        run_server(
+            engine_factory=lambda s: FakeEngine(),
+            warmup=False,
+            api_keys=[KEY_A],
+            admin_api_keys=[KEY_ADMIN],
+            metrics_require_key=True,
+        ) as server,
+        server.http() as http,
+    ):
+        assert http.get("/metrics").status_code == 401
+        assert http.get("/metrics", headers=AUTH_A).status_code == 403
+        scraped = http.get("/metrics", headers=AUTH_ADMIN)
+        assert scraped.status_code == 200 and "genai_" in scraped.text
