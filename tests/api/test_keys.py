@@ -19,7 +19,7 @@ from genai_service.api import auth
 from genai_service.cli import app as cli
 from genai_service.storage.models import utcnow
 from tests.api.test_usage import wait_for_records
-from tests.conftest import MODEL_ID, RunningServer, make_settings, run_server
+from tests.conftest import MODEL_ID, RunningServer, free_port, make_settings, run_server
 from tests.postgres import KEY_A, KEY_ADMIN
 
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
@@ -245,3 +245,24 @@ def test_metrics_for_admin_keys_only_when_protected() -> None:
         assert http.get("/metrics", headers=AUTH_A).status_code == 403
         scraped = http.get("/metrics", headers=AUTH_ADMIN)
         assert scraped.status_code == 200 and "genai_" in scraped.text
+
+
+def test_without_env_keys_an_unreachable_database_fails_closed() -> None:
+    # Whether the database holds keys is unknown: the service answers 503, it does not run open.
+    from tests.fakes import FakeEngine
+
+    port = free_port()  # nothing listens there
+    with (
+        run_server(
+            engine_factory=lambda s: FakeEngine(),
+            warmup=False,
+            database_url=f"postgresql+asyncpg://genai:pw@127.0.0.1:{port}/genai",
+            db_connect_timeout=1,
+        ) as server,
+        server.http() as http,
+    ):
+        refused = http.get("/v1/models")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "database_unavailable"
+        assert "pw" not in refused.text
+        assert http.get("/health/live").status_code == 200
