@@ -92,8 +92,8 @@ async def _keys_in_database(storage: Storage | None) -> bool:
 
 
 async def _find(storage: Storage | None, presented: bytes) -> ApiKey | None:
-    if storage is None:
-        return None
+    if storage is None or await storage.key_presence.any(storage.db) is False:
+        return None  # no key in the database (as last seen): no look-up, a plain 401
     if not storage.db.schema_ready:
         raise _unavailable(storage)
     try:
