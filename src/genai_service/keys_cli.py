@@ -62,7 +62,9 @@ def _run(url: str, action: Callable[[Any], Awaitable[T]]) -> T:
 
 @keys_app.command("create")
 def create(
-    name: Annotated[str, typer.Option("--name", help="What the key is for (shown in lists).")],
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="What the key is for (shown in lists).")
+    ],
     scope: Annotated[
         str, typer.Option("--scope", metavar="SCOPE", help="user (default) or admin.")
     ] = "user",
@@ -106,13 +108,16 @@ def create(
 
 @keys_app.command("list")
 def list_(database_url: UrlOption = None) -> None:
-    """Every key: id, prefix, scope, status, quotas (never the key itself)."""
+    """Every key: id, prefix, scope, status, expiry (UTC), quotas (never the key itself)."""
     from genai_service.storage import keys as key_store
     from genai_service.storage.models import utcnow
 
     rows = _run(_url(database_url), key_store.list_keys)
     now = utcnow()
-    typer.echo(f"{'ID':<17}{'PREFIX':<14}{'SCOPE':<7}{'STATUS':<9}{'RPM':>7}{'TPD':>11}  NAME")
+    typer.echo(
+        f"{'ID':<17}{'PREFIX':<14}{'SCOPE':<7}{'STATUS':<9}{'EXPIRES':<12}{'RPM':>7}{'TPD':>11}"
+        "  NAME"
+    )
     for r in rows:
         status = (
             "revoked"
@@ -123,7 +128,11 @@ def list_(database_url: UrlOption = None) -> None:
         )
         rpm = str(r.requests_per_minute or "-")
         tpd = str(r.tokens_per_day or "-")
-        typer.echo(f"{r.id:<17}{r.prefix:<14}{r.scope:<7}{status:<9}{rpm:>7}{tpd:>11}  {r.name}")
+        expires = f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "-"
+        typer.echo(
+            f"{r.id:<17}{r.prefix:<14}{r.scope:<7}{status:<9}{expires:<12}{rpm:>7}{tpd:>11}"
+            f"  {r.name}"
+        )
 
 
 @keys_app.command("revoke")
