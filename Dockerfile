@@ -139,6 +139,21 @@ FROM builder AS runtime-venv
 RUN --mount=type=bind,source=docker/prune_venv.py,target=/tmp/prune_venv.py \
     python3 /tmp/prune_venv.py
 
+# ---- sbom: a CycloneDX bill of materials of exactly the venv production ships -------------------
+# The generator runs from a venv of its own, so it is not part of the image; only its JSON is.
+# (DL3013: pinned here; the pin moves with pyproject's dev extra.)
+FROM runtime-venv AS sbom
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=bind,source=pyproject.toml,target=/tmp/project/pyproject.toml \
+    --mount=type=secret,id=pip_ca \
+    set -eu; \
+    if [ -f /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
+    python3 -m venv /opt/sbom-tool; \
+    /opt/sbom-tool/bin/pip install --prefer-binary "cyclonedx-bom==7.5.0"; \
+    mkdir -p /sbom; \
+    /opt/sbom-tool/bin/cyclonedx-py environment --pyproject /tmp/project/pyproject.toml \
+        --of JSON --output-reproducible -o /sbom/sbom.cdx.json /opt/venv/bin/python
+
 # ---- app: the source, byte-compiled (the image runs read-only, so no .pyc at run time) ------------
 FROM base AS app
 COPY src/ /app/src/
@@ -182,6 +197,9 @@ RUN groupadd --gid "${APP_UID}" genai \
     && chmod -R g=u /models /data
 WORKDIR /app
 COPY --from=runtime-venv /opt/venv /opt/venv
+# The SBOM (CycloneDX JSON) of that venv, at a fixed path for scanners: `docker run --rm
+# --entrypoint cat IMAGE /opt/venv/share/genai-service/sbom.cdx.json`.
+COPY --from=sbom /sbom/sbom.cdx.json /opt/venv/share/genai-service/sbom.cdx.json
 COPY --from=app /app /app
 # Models live on a volume; MODEL_CACHE_DIR on it receives hub downloads made at start-up.
 # The embedded SQLite database goes to /data (a volume: the user has no home to write to);

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml scripts/llama-cpp-wheel.sh; echo "$$CMAKE_ARGS") | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint format clean bench-onnx bench-throughput bench-images
+.PHONY: install serve test lint format clean audit bench-onnx bench-throughput bench-images
 
 $(STAMP): pyproject.toml scripts/llama-cpp-wheel.sh
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is needed")'
@@ -30,6 +30,11 @@ test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Known vulnerabilities in the installed packages (needs PyPI's per-version JSON API or OSV;
+# --strict fails when a package could not be checked, instead of reporting "none found").
+audit: install
+	$(BIN)/pip-audit --strict --skip-editable
 
 # genai-service against llama-server (built once from the vendored llama.cpp), JSON + PNG in bench/results/.
 bench-throughput: install

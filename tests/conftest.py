@@ -121,10 +121,11 @@ def server() -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def keyed_server() -> Iterator[RunningServer]:
-    """Embedded SQLite with two API keys (KEY_A, KEY_B): the tenant-isolation tests."""
-    from tests.postgres import KEY_A, KEY_B
+    """Embedded SQLite with two API keys (KEY_A, KEY_B) and an admin key (KEY_ADMIN): the
+    tenant-isolation and key-management tests."""
+    from tests.postgres import KEY_A, KEY_ADMIN, KEY_B
 
-    with run_server(api_keys=[KEY_A, KEY_B], n_threads=1) as running:
+    with run_server(api_keys=[KEY_A, KEY_B], admin_api_keys=[KEY_ADMIN], n_threads=1) as running:
         yield running
 
 

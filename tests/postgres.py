@@ -87,14 +87,19 @@ def pg_databases(pg_cluster: PgCluster | None) -> Callable[[], str]:
 
 
 KEY_A, KEY_B = "sk-test-key-a", "sk-test-key-b"
+KEY_ADMIN = "sk-test-key-admin"  # ADMIN_API_KEYS: key management, every key's usage
 
 
 @pytest.fixture(scope="session")
 def pg_server(pg_databases: Callable[[], str]) -> Iterator[Any]:
-    """The service on Postgres (migrated at start-up), with two API keys."""
+    """The service on Postgres (migrated at start-up), with two API keys and an admin key."""
     from tests.conftest import run_server
 
     with run_server(
-        database_url=pg_databases(), auto_migrate=True, api_keys=[KEY_A, KEY_B], n_threads=1
+        database_url=pg_databases(),
+        auto_migrate=True,
+        api_keys=[KEY_A, KEY_B],
+        admin_api_keys=[KEY_ADMIN],
+        n_threads=1,
     ) as s:
         yield s

@@ -17,8 +17,9 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from genai_service import __version__
-from genai_service.api.deps import require_api_key
+from genai_service.api.auth import RATELIMIT_HEADERS, metrics_access, require_api_key, token_budget
 from genai_service.api.errors import install_error_handlers
+from genai_service.api.limits import message_limits
 from genai_service.api.routes import (
     chat,
     completions,
@@ -204,17 +205,23 @@ def create_app(
     state.generations.tracer = tracing.generation_tracer(provider)
     install_error_handlers(app)
 
-    auth = [Depends(require_api_key)]
-    guarded = [*auth, Depends(completions_guard)]  # COMPLETIONS_WITHOUT_DATABASE
+    # Every API route: who is asking, then MAX_MESSAGES / MAX_MESSAGE_CHARS on the body.
+    auth = [Depends(require_api_key), Depends(message_limits)]
+    # Generation routes: the key's daily tokens, and COMPLETIONS_WITHOUT_DATABASE.
+    guarded = [*auth, Depends(token_budget), Depends(completions_guard)]
     app.include_router(health.router)
-    app.include_router(metrics.router)  # scraped by Prometheus: no API key, not under /v1
+    # Scraped by Prometheus, not under /v1: open, or admin keys only (METRICS_REQUIRE_KEY).
+    app.include_router(
+        metrics.router,
+        dependencies=[Depends(metrics_access)] if settings.metrics_require_key else [],
+    )
     for router in (chat.router, completions.router, responses.router):
         app.include_router(router, prefix="/v1", dependencies=guarded)
     for router in (embeddings.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     app.include_router(generate.router, dependencies=guarded)
     app.include_router(tokenize.router, dependencies=auth)
-    include_storage_routes(app, auth)  # conversations and usage
+    include_storage_routes(app, auth)  # conversations, usage and key management
     if docs:
         api_docs.install(app)
     if settings.playground_enabled:  # the page only; its API calls go through `auth`
@@ -232,7 +239,7 @@ def create_app(
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=CORS_ALLOW_HEADERS,
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", *RATELIMIT_HEADERS],
         )
     app.add_middleware(RequestContextMiddleware)
     return app

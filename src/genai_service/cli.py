@@ -13,6 +13,7 @@ import typer
 from genai_service import __version__
 from genai_service.cli_support import console, error, load_settings, note
 from genai_service.db_cli import db_app
+from genai_service.keys_cli import keys_app
 
 # Plain help (no Rich markup): option help says "[env HOST; default 127.0.0.1]", which Rich
 # markup would swallow as a tag.
@@ -29,6 +30,7 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 
 def _version(value: bool) -> None:

@@ -41,8 +41,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                # A quota'd key's x-ratelimit-* headers (api/auth.py), on every response.
+                for name, value in scope["state"].get("ratelimit_headers", {}).items():
+                    extra.append((name.encode(), value.encode()))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:

@@ -170,6 +170,16 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted; a larger one is answered 413 before it is read.",
     )
+    max_messages: int = Field(
+        256,
+        ge=1,
+        description="Most messages in one request (chat, responses input, tokenize); more is a 413.",
+    )
+    max_message_chars: int = Field(
+        200_000,
+        ge=1,
+        description="Longest text of one message, prompt or input, in characters; longer is a 413.",
+    )
     shutdown_drain_seconds: float = Field(
         25.0,
         ge=0,
@@ -227,7 +237,16 @@ class Settings(BaseSettings):
     allowed_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Keys accepted as `Authorization: Bearer <key>`; empty disables auth.",
+        description="Keys accepted as `Authorization: Bearer <key>` (scope `user`). With "
+        "no API_KEYS, ADMIN_API_KEYS or key in the database, authentication is off.",
+    )
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys with scope `admin`: key management (/v1/admin/keys), every key's "
+        "usage, and /metrics when METRICS_REQUIRE_KEY is on.",
+    )
+    metrics_require_key: bool = Field(
+        False, description="/metrics needs an admin key (when authentication is on)."
     )
     log_level: str = Field(
         "info", description="critical, error, warning, info, debug or trace (uvicorn's levels)."
@@ -271,7 +290,7 @@ class Settings(BaseSettings):
     def _origins(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -338,6 +357,10 @@ class Settings(BaseSettings):
     def api_key_values(self) -> tuple[bytes, ...]:
         return tuple(k.get_secret_value().encode() for k in self.api_keys)
 
+    @cached_property
+    def admin_key_values(self) -> tuple[bytes, ...]:
+        return tuple(k.get_secret_value().encode() for k in self.admin_api_keys)
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'genai.db'}"
@@ -351,7 +374,7 @@ class Settings(BaseSettings):
 
 # --- start-up errors: one line per setting, no traceback, never a secret ------------------------
 # Settings whose values are never echoed back (a URL can hold a password).
-SECRET_SETTINGS = frozenset({"api_keys", "openai_api_token", "database_url"})
+SECRET_SETTINGS = frozenset({"api_keys", "admin_api_keys", "openai_api_token", "database_url"})
 
 
 class SettingsError(Exception):

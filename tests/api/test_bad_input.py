@@ -249,3 +249,37 @@ def test_a_row_stored_before_the_fix_is_readable_and_deletable(server: RunningSe
         assert shown.json()["metadata"] == {"user": "u\ufffd"}
         assert cid in {c["id"] for c in http.get("/v1/conversations?limit=100").json()["data"]}
         assert http.delete(f"/v1/conversations/{cid}").status_code == 200
+
+
+def test_message_count_and_size_caps_are_413_before_the_engine(server: RunningServer) -> None:
+    settings = server.state.settings  # MAX_MESSAGES, MAX_MESSAGE_CHARS
+    many = [{"role": "user", "content": "hi"}] * (settings.max_messages + 1)
+    huge = "a" * (settings.max_message_chars + 1)
+    parts = [{"type": "text", "text": "a" * (settings.max_message_chars // 2 + 1)}] * 2
+    with server.http() as http:
+        conv = http.post("/v1/conversations", json={}).json()
+        for path, body, code, param in [
+            ("/v1/chat/completions", {"model": MODEL_ID, "messages": many}, "array", "messages"),
+            ("/v1/chat/completions", _chat(huge), "string", "messages[1]"),
+            (
+                "/v1/chat/completions",
+                {"model": MODEL_ID, "messages": [{"role": "user", "content": parts}]},
+                "string",
+                "messages[0]",
+            ),
+            ("/v1/completions", {"model": MODEL_ID, "prompt": huge}, "string", "prompt"),
+            ("/v1/completions", {"model": MODEL_ID, "prompt": ["a"] * 300}, "array", "prompt"),
+            ("/v1/responses", {"model": MODEL_ID, "input": many}, "array", "input"),
+            ("/v1/embeddings", {"model": "x", "input": [huge]}, "string", "input[0]"),
+            ("/generate/text", {"prompt": "hi", "system": huge}, "string", "system"),
+            ("/tokenize", {"messages": many}, "array", "messages"),
+            (f"/v1/conversations/{conv['id']}/messages", {"content": huge}, "string", "content"),
+        ]:
+            error = assert_openai_error(http.post(path, json=body), 413)
+            assert error["code"] == f"{code}_above_max_length", (path, error)
+            assert error["param"] == param, (path, error)
+        # Nothing was stored for the refused turn.
+        assert http.get(f"/v1/conversations/{conv['id']}").json()["message_count"] == 0
+        # At the limits exactly, the request goes through.
+        at_limit = {"model": MODEL_ID, "max_tokens": 1, "messages": many[:-1]}
+        assert http.post("/tokenize", json=at_limit).status_code == 200

@@ -12,10 +12,11 @@ import pytest
 
 from tests.api.test_usage import key_id, wait_for_records
 from tests.conftest import MODEL_ID, RunningServer
-from tests.postgres import KEY_A, KEY_B
+from tests.postgres import KEY_A, KEY_ADMIN, KEY_B
 
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"Authorization": f"Bearer {KEY_B}"}
+AUTH_ADMIN = {"Authorization": f"Bearer {KEY_ADMIN}"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -124,3 +125,11 @@ def test_usage_shows_only_the_callers_key(keyed: RunningServer) -> None:
             assert report["data"], report
             assert {b["api_key_id"] for b in report["data"]} == {key_id(key)}
             assert all(b["model"] == MODEL_ID for b in report["data"])
+        # A user key may not ask for another key's rows; an admin key sees every key's.
+        other = http.get("/v1/usage", headers=AUTH_B, params={"api_key_id": key_id(KEY_A)})
+        assert other.status_code == 403
+        assert other.json()["error"]["code"] == "insufficient_scope"
+        everyone = http.get("/v1/usage", headers=AUTH_ADMIN).json()
+        assert {key_id(KEY_A), key_id(KEY_B)} <= {b["api_key_id"] for b in everyone["data"]}
+        only_a = http.get("/v1/usage", headers=AUTH_ADMIN, params={"api_key_id": key_id(KEY_A)})
+        assert {b["api_key_id"] for b in only_a.json()["data"]} == {key_id(KEY_A)}

@@ -148,6 +148,22 @@ def test_production_image_has_no_compiler_no_model_no_login(production_image: st
     assert config.startswith("10001:10001") and "8000/tcp" in config
 
 
+def test_production_image_carries_an_sbom(production_image: str) -> None:
+    # A CycloneDX SBOM of the shipped venv at a fixed path; the generator itself is not shipped.
+    probe = (
+        "import json, importlib.util as u; "
+        "bom = json.load(open('/opt/venv/share/genai-service/sbom.cdx.json')); "
+        "print(bom['bomFormat'], bom['metadata']['component']['name']); "
+        "print(' '.join(sorted(c['name'].lower() for c in bom['components']))); "
+        "print('generator:', u.find_spec('cyclonedx'))"
+    )
+    out = dockerkit.docker("run", "--rm", "--entrypoint", "python", production_image, "-c", probe)
+    head, names, generator = out.stdout.splitlines()[-3:]
+    assert head == "CycloneDX genai-service"
+    assert {"fastapi", "llama_cpp_python", "sqlalchemy", "uvicorn"} <= set(names.split())
+    assert generator == "generator: None"
+
+
 def test_cli_flags_override_the_default_address(
     production_image: str, models_dir: Path, container_names: list[str]
 ) -> None:

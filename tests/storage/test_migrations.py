@@ -10,12 +10,12 @@ from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from genai_service.cli import app as cli
-from genai_service.storage import migrate
+from genai_service.storage import keys, migrate
 from genai_service.storage import repository as repo
 from genai_service.storage.database import Database, make_engine
 from genai_service.storage.models import Base
 
-TABLES = {"conversations", "messages", "completion_records"}
+TABLES = {"conversations", "messages", "completion_records", "api_keys", "api_key_counters"}
 
 
 async def _tables(url: str) -> set[str]:
@@ -113,3 +113,29 @@ async def test_owner_migration_moves_an_old_database_forward(empty_url: str) -> 
     await migrate.downgrade_async(empty_url, "0001")
     assert await _execute(empty_url, "SELECT count(*) FROM messages") == [(1,)]
     assert await _execute(empty_url, "SELECT id FROM conversations") == [("conv_old",)]
+
+
+async def test_keys_migration_moves_an_old_database_forward(empty_url: str) -> None:
+    """0002 → 0003: the key tables appear, the rows before stay and still count; and back."""
+    await migrate.upgrade_async(empty_url, "0002")
+    await _execute(
+        empty_url,
+        "INSERT INTO conversations (id, owner, created_at, updated_at, metadata, message_count) "
+        "VALUES ('conv_old', '0123abcd', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '{}', 0)",
+        "INSERT INTO completion_records (id, request_id, endpoint, model, engine, "
+        "prompt_tokens, completion_tokens, latency_ms, status, api_key_id, created_at) "
+        "VALUES ('r1', 'r1', '/v1/completions', 'm', 'e', 1, 2, 3.0, 'ok', '0123abcd', "
+        "'2026-01-01 00:00:00')",
+    )
+    await migrate.upgrade_async(empty_url)
+    assert await _execute(empty_url, "SELECT count(*) FROM api_keys") == [(0,)]
+    db = Database(empty_url, make_engine(empty_url))
+    try:
+        assert await repo.get_conversation(db, "conv_old", "0123abcd") is not None
+        _, secret = await keys.create_key(db, name="after the upgrade")
+        assert await keys.find_key(db, secret.encode()) is not None
+    finally:
+        await db.close()
+    await migrate.downgrade_async(empty_url, "0002")
+    assert "api_keys" not in await _tables(empty_url)
+    assert await _execute(empty_url, "SELECT count(*) FROM completion_records") == [(1,)]

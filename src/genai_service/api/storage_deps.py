@@ -24,9 +24,9 @@ def database_unavailable(reason: str = "the database is unavailable") -> APIErro
 
 
 def include_storage_routes(app: FastAPI, dependencies: list[Any]) -> None:
-    from genai_service.api.routes import conversations, usage
+    from genai_service.api.routes import admin, conversations, usage
 
-    for router in (conversations.router, usage.router):
+    for router in (conversations.router, usage.router, admin.router):
         app.include_router(router, prefix="/v1", dependencies=dependencies)
 
 

@@ -1,4 +1,4 @@
-"""Persistence: conversations, messages and the usage ledger (SQLAlchemy 2 async + Alembic).
+"""Persistence: conversations, messages, the usage ledger and API keys (SQLAlchemy 2 async + Alembic).
 
 `open_storage(settings)` is all the app's lifespan calls: it builds the engine, migrates
 when it should (always for the embedded SQLite, for Postgres only with AUTO_MIGRATE), and
@@ -16,6 +16,7 @@ import structlog
 
 from genai_service.settings import Settings
 from genai_service.storage.database import Database, describe_error, is_sqlite, make_engine
+from genai_service.storage.keys import KeyPresence
 from genai_service.storage.ledger import LedgerWriter, UsageRecord
 from genai_service.storage.repository import ConversationLocks
 
@@ -29,6 +30,7 @@ class Storage:
     db: Database
     ledger: LedgerWriter
     locks: ConversationLocks = field(default_factory=ConversationLocks)
+    key_presence: KeyPresence = field(default_factory=KeyPresence)
     _startup: asyncio.Task[None] | None = None
 
     async def close(self) -> None:

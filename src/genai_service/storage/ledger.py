@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 
 from genai_service.storage.database import Database
+from genai_service.storage.keys import add_tokens
 from genai_service.storage.models import CompletionRecord, utcnow
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,11 @@ class UsageRecord:
 
 
 async def insert_records(db: Database, records: list[UsageRecord]) -> None:
-    """Insert a batch in one transaction; rows already there are skipped."""
+    """Insert a batch in one transaction; rows already there are skipped.
+
+    The keys' daily token counters (quotas) go up in the same transaction, by the rows this
+    insert actually wrote, so a retried batch counts its tokens once.
+    """
     rows = [asdict(r) for r in records]
     table = CompletionRecord.__table__
     stmt: Any
@@ -53,7 +58,16 @@ async def insert_records(db: Database, records: list[UsageRecord]) -> None:
     else:
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
     async with db.session() as session, session.begin():
-        await session.execute(stmt, rows)
+        inserted = set((await session.execute(stmt.returning(table.c.id), rows)).scalars())
+        await add_tokens(
+            session,
+            db.dialect,
+            (
+                (r.api_key_id, r.created_at, r.prompt_tokens + r.completion_tokens)
+                for r in records
+                if r.api_key_id is not None and r.id in inserted
+            ),
+        )
 
 
 class LedgerWriter:

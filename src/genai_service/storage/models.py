@@ -1,4 +1,5 @@
-"""Tables: conversations, their messages, and the usage ledger (one row per generation).
+"""Tables: conversations, their messages, the usage ledger (one row per generation), and the
+API keys kept in the database with their quota counters.
 
 Every conversation has an owner: the principal that created it (the API key's non-secret id,
 or `anonymous` when API keys are off). Messages belong to their conversation's owner.
@@ -19,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -87,3 +89,44 @@ class CompletionRecord(Base):
     status: Mapped[str] = mapped_column(String(16))  # ok | error | cancelled
     api_key_id: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key made by `genai-service keys create` or POST /v1/admin/keys.
+
+    Only the SHA-256 of the key is kept: a key is 256 random bits, so a plain hash is as good
+    as a slow one and costs one indexed look-up per request. `prefix` (the key's first
+    characters) is there so people can tell their keys apart; it cannot be used to log in.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_key_hash", "key_hash", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # the principal, `key_...`
+    name: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))  # admin | user
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: unlimited
+    tokens_per_day: Mapped[int | None] = mapped_column(Integer)
+
+
+class ApiKeyCounter(Base):
+    """What a key used in one quota window: requests in a UTC minute, tokens in a UTC day.
+
+    Kept in the database, so a restart (or another replica) does not reset a quota.
+    """
+
+    __tablename__ = "api_key_counters"
+    __table_args__ = (
+        PrimaryKeyConstraint("key_id", "period", "window_start", name="pk_api_key_counters"),
+    )
+
+    key_id: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(8))  # minute | day
+    window_start: Mapped[datetime] = mapped_column(DateTime)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -247,11 +247,11 @@ class UsageRow:
     completion_tokens: int
 
 
-_ALL = object()
+ALL_KEYS: Any = object()  # usage_summary: every key's rows
 
 
 async def usage_summary(
-    db: Database, start: datetime, end: datetime, api_key_id: Any = _ALL
+    db: Database, start: datetime, end: datetime, api_key_id: Any = ALL_KEYS
 ) -> list[UsageRow]:
     """Requests and tokens per day, model and API key in [start, end) (naive UTC).
 
@@ -281,7 +281,7 @@ async def usage_summary(
     )
     if api_key_id is None:
         query = query.where(r.api_key_id.is_(None))
-    elif api_key_id is not _ALL:
+    elif api_key_id is not ALL_KEYS:
         query = query.where(r.api_key_id == api_key_id)
     async with db.session() as session:
         result = await session.execute(query)

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from genai_service.api.deps import Principal, State, resolve_engine
+from genai_service.api.auth import Principal, token_budget
+from genai_service.api.deps import State, resolve_engine
 from genai_service.api.errors import APIError, model_not_found
 from genai_service.api.sse import StreamFormat, sse_response, usage_of
 from genai_service.api.storage_deps import StorageDep, database_errors
@@ -272,7 +273,11 @@ async def _store_turn(
             raise _not_found(conversation_id) from None
 
 
-@router.post("/conversations/{conversation_id}/messages", response_model=ConversationTurn)
+@router.post(
+    "/conversations/{conversation_id}/messages",
+    response_model=ConversationTurn,
+    dependencies=[Depends(token_budget)],  # it generates: the key's daily tokens apply
+)
 async def post_message(
     conversation_id: str,
     body: PostMessageRequest,

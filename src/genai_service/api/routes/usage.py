@@ -1,17 +1,17 @@
 """GET /v1/usage: requests and tokens from the usage ledger, by day, model and API key.
 
 A caller sees only its own key's rows (without API keys: the rows of requests made without
-one).
+one); an admin key sees every key's rows, or one key's with `api_key_id`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from genai_service.api.deps import Principal
+from genai_service.api.auth import Authenticated
 from genai_service.api.errors import APIError
 from genai_service.api.storage_deps import StorageDep, database_errors
 from genai_service.api.storage_schemas import UsageBucket, UsageReport, UsageTotals, unix
@@ -62,20 +62,33 @@ def _moment(value: str | None, param: str) -> datetime | None:
 @router.get("/usage", response_model=UsageReport)
 async def usage(
     storage: StorageDep,
-    principal: Principal,
+    caller: Authenticated,
     start: Annotated[
         str | None, Query(description="From (inclusive); default: 30 days before `end`.")
     ] = None,
     end: Annotated[str | None, Query(description="Until (exclusive); default: now.")] = None,
+    api_key_id: Annotated[
+        str | None,
+        Query(max_length=16, description="Admin keys only: one key's rows (default: all)."),
+    ] = None,
 ) -> UsageReport:
     until = _moment(end, "end") or datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=1)
     since = _moment(start, "start") or until - timedelta(days=30)
     if since >= until:
         raise APIError(400, "`start` must be before `end`.", param="start", code="invalid_range")
-    async with database_errors(storage):
-        rows = await repo.usage_summary(
-            storage.db, since, until, None if principal == ANONYMOUS else principal
+    if caller.authenticated and caller.scope == "admin":
+        whose: Any = api_key_id if api_key_id is not None else repo.ALL_KEYS
+    elif api_key_id is not None and api_key_id != caller.principal:
+        raise APIError(
+            403,
+            "Only an admin key may read another key's usage.",
+            param="api_key_id",
+            code="insufficient_scope",
         )
+    else:
+        whose = None if caller.principal == ANONYMOUS else caller.principal
+    async with database_errors(storage):
+        rows = await repo.usage_summary(storage.db, since, until, whose)
     data = [
         UsageBucket(
             day=r.day,
