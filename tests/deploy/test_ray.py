@@ -141,7 +141,7 @@ def chat(client: httpx.Client, content: str, **extra: Any) -> httpx.Response:
     )
 
 
-def test_serve_config_is_what_serve_validates() -> None:
+def test_serve_config_and_rayservice_pass_serves_schema() -> None:
     from ray.serve.schema import ServeDeploySchema
 
     config = ServeDeploySchema.model_validate(
@@ -152,9 +152,23 @@ def test_serve_config_is_what_serve_validates() -> None:
     (deployment,) = app.deployments
     autoscaling = deployment.autoscaling_config
     assert autoscaling["min_replicas"] >= 2 and autoscaling["target_ongoing_requests"] > 0
-    # Serve must not queue more on a replica than its slots plus the service's own queue.
+    # Serve must not give a replica more than its slots plus the service's own queue.
     env = app.runtime_env["env_vars"]
     assert deployment.max_ongoing_requests == int(env["N_PARALLEL"]) + int(env["MAX_QUEUE"])
+
+    # KubeRay's RayService carries the same application and deployment settings.
+    service = yaml.safe_load((DEPLOY / "ray/rayservice.yaml").read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    (kube_app,) = ServeDeploySchema.model_validate(
+        yaml.safe_load(service["spec"]["serveConfigV2"])
+    ).applications
+    assert kube_app.import_path == app.import_path
+    (kube_deployment,) = kube_app.deployments
+    for key in ("max_ongoing_requests", "autoscaling_config", "ray_actor_options"):
+        assert getattr(kube_deployment, key) == getattr(deployment, key), key
+    cluster = service["spec"]["rayClusterConfig"]
+    (workers,) = cluster["workerGroupSpecs"]
+    assert workers["maxReplicas"] >= autoscaling["max_replicas"]
 
 
 def test_two_replicas_on_two_nodes_answer_chat_and_stream(deployed: Deployed) -> None:
