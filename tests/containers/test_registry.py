@@ -124,8 +124,9 @@ def pushed(
         text=True,
         check=True,
     ).stdout.strip()
-    yield Pushed(repository, digest_ref, [version, f"sha-{sha}", "cache"])
-    for ref in (digest_ref, *(f"{repository}:{tag}" for tag in ("cache", version))):
+    tags = [version, f"sha-{sha}", "cache"]
+    yield Pushed(repository, digest_ref, tags)
+    for ref in (*(f"{repository}:{tag}" for tag in tags), digest_ref):
         dockerkit.docker("rmi", ref, check=False)  # this run's registry is gone: so are its names
 
 
