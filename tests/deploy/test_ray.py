@@ -110,12 +110,13 @@ def start_and_deploy() -> Iterator[Deployed]:
             config_path = Path(tmp, "serve.yaml")
             config = sized_config(port, str(Path(tmp, "data")))
             config_path.write_text(yaml.safe_dump(config))
-            subprocess.run(
+            cli = subprocess.run(
                 [SERVE_CLI, "run", "--address", cluster.address, "--non-blocking", config_path],
-                check=True,
                 capture_output=True,
+                text=True,
                 timeout=120,
             )
+            assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-3000:]
             wait_for(
                 lambda: (status := app_status()) is not None and status.status == "RUNNING",
                 180,
@@ -218,7 +219,7 @@ class Load:
 
     url: str
     clients: int = 4
-    limit: int = 400
+    limit: int = 1200  # a bound, not a target: the test stops them once it has seen enough
     outcomes: list[Outcome] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
