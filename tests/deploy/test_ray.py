@@ -3,10 +3,14 @@
 The cluster is `ray.cluster_utils.Cluster` (a head node plus a second node, each its own raylet,
 on loopback, no dashboard, 100 MB object stores); the app is deployed as a user does, with
 `serve run <config> --non-blocking`, from the shipped config with test-sized settings (one CPU
-and one thread per replica, the embedded SmolLM2). Two replicas answer chat; one of them is
-killed (`ray.kill` on its actor) while clients keep sending requests: the requests that were
-running on it fail with a 5xx and nothing else fails; Serve keeps routing to the survivor and
-starts a replacement.
+and one thread per replica, the embedded SmolLM2, a prompt autoscaler with a target of one
+ongoing request per replica, one to two replicas).
+
+- One replica answers chat and a stream; four clients sending back to back make the autoscaler
+  add a second replica (on the other node), and both answer.
+- One replica is killed (`ray.kill` on its actor) while the clients go on: the requests that
+  were running on it fail with a 5xx and nothing else fails; Serve keeps routing to the survivor
+  and starts a replacement, which answers too.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ RAY_ENV = {
     # One proxy serves both nodes here, so it must not prefer the replica on its own node
     # (right in production, where every node runs a proxy behind the load balancer).
     "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+    # Ongoing-request counts reach the autoscaler every 0.5 s instead of every 10 s.
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
 
 
@@ -72,7 +79,15 @@ def sized_config(port: int, data_dir: str) -> dict[str, Any]:
     )
     (deployment,) = app["deployments"]
     deployment["ray_actor_options"]["num_cpus"] = 1
-    deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
+    # Start with one replica; load scales it to two (the nodes hold no more), promptly.
+    deployment["autoscaling_config"].update(
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        upscale_delay_s=0,
+        look_back_period_s=1,
+        metrics_interval_s=0.5,
+    )
     return config
 
 
@@ -172,38 +187,6 @@ def test_serve_config_and_rayservice_pass_serves_schema() -> None:
     assert workers["maxReplicas"] >= autoscaling["max_replicas"]
 
 
-def test_two_replicas_on_two_nodes_answer_chat_and_stream(deployed: Deployed) -> None:
-    nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-    assert len(nodes) == 2
-    replicas = app_status().deployments[APP].replica_states
-    assert replicas.get("RUNNING") == 2, replicas
-
-    with httpx.Client(base_url=deployed.url, timeout=60) as client:
-        seen = set()
-        for i in range(8):
-            response = chat(client, f"Name a colour ({i}).")
-            assert response.status_code == 200, response.text
-            assert response.json()["choices"][0]["message"]["content"]
-            seen.add(response.headers[REPLICA_HEADER])
-        assert len(seen) == 2, seen  # Serve spread the requests over both replicas
-
-        with client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={
-                "model": MODEL_ID,
-                "messages": [{"role": "user", "content": "Count to five."}],
-                "max_tokens": 16,
-                "stream": True,
-            },
-        ) as stream:
-            assert stream.status_code == 200
-            assert stream.headers["content-type"].startswith("text/event-stream")
-            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
-        assert events[-1] == "data: [DONE]"
-        assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
-
-
 @dataclass
 class Outcome:
     started: float
@@ -246,12 +229,51 @@ class Load:
         return {o.replica for o in list(self.outcomes) if o.replica}
 
 
+def test_one_replica_answers_then_load_scales_it_to_two(deployed: Deployed) -> None:
+    nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert len(nodes) == 2
+    assert app_status().deployments[APP].replica_states.get("RUNNING") == 1
+
+    with httpx.Client(base_url=deployed.url, timeout=60) as client:
+        response = chat(client, "Name a colour.")
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"]
+        with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": MODEL_ID,
+                "messages": [{"role": "user", "content": "Count to five."}],
+                "max_tokens": 16,
+                "stream": True,
+            },
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+
+    # Four clients back to back: four requests in flight against a target of one per replica.
+    load = Load(deployed.url)
+    with ThreadPoolExecutor(load.clients) as pool:
+        futures = [pool.submit(load.run_client, i) for i in range(load.clients)]
+        try:
+            wait_for(lambda: len(load.replicas()) == 2, 120, "Serve did not scale to two")
+        finally:
+            load.stop.set()
+            for future in futures:
+                future.result()
+    assert all(o.status == 200 for o in load.outcomes), [o.error for o in load.outcomes]
+    assert app_status().deployments[APP].replica_states.get("RUNNING") == 2
+
+
 def test_killing_a_replica_mid_load_fails_only_its_running_requests(deployed: Deployed) -> None:
     load = Load(deployed.url)
     with ThreadPoolExecutor(load.clients) as pool:
         futures = [pool.submit(load.run_client, i) for i in range(load.clients)]
         try:
-            before = wait_for(lambda: len(load.replicas()) == 2 and load.replicas(), 60, "load")
+            before = wait_for(lambda: len(load.replicas()) == 2 and load.replicas(), 120, "load")
             victim = sorted(before)[0]
             actor = ray.get_actor(f"SERVE_REPLICA::{APP}#{APP}#{victim}", namespace="serve")
             killed_at = time.monotonic()
