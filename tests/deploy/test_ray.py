@@ -264,6 +264,8 @@ def test_one_replica_answers_then_load_scales_it_to_two(deployed: Deployed) -> N
             load.stop.set()
             for future in futures:
                 future.result()
+    # Every request succeeded while the new replica started: Serve sent it none before its
+    # health check (which waits for the model) passed.
     assert all(o.status == 200 for o in load.outcomes), [o.error for o in load.outcomes]
     assert app_status().deployments[APP].replica_states.get("RUNNING") == 2
 
