@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml scripts/llama-cpp-wheel.sh
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	wheel="$$(PYTHON=$(BIN)/python scripts/llama-cpp-wheel.sh)" \
 		&& $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$wheel"
-	$(BIN)/python -m pip install --quiet -e '.[embedded,onnx,export,transformers,otel,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,onnx,export,transformers,otel,ray,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
