@@ -172,7 +172,10 @@ def serve(
     )
     # SIGTERM: readiness 503 and new requests 503 at once, running ones finish, then the
     # server stops and the lifespan flushes the usage ledger (serving/shutdown.py).
-    DrainingServer(config, service.state.service.generations.shutdown).run()
+    server = DrainingServer(config, service.state.service.generations.shutdown)
+    server.run()
+    if not server.started:  # as uvicorn.run: a failed start (bind, lifespan) is not a success
+        raise typer.Exit(3)
 
 
 def _check_listen(host: str, port: int) -> None:
