@@ -3,7 +3,8 @@
 Plain uvicorn closes its listening socket on the first signal, so a load balancer that has not
 yet noticed gets refused connections, and readiness cannot answer 503. Here the first signal
 starts `Shutdown.drain()` (serving/shutdown.py) while the server keeps listening; the server
-stops once the drain is over. A second signal stops it at once, as uvicorn does.
+stops once the drain is over. A second signal ends the running generations and stops it
+at once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._signalled or not self.started or self._loop is None:
-            # A second signal, or one before the server is up: uvicorn's own stop.
+            # A second signal, or one before the server is up: uvicorn's own stop, and the
+            # generations still running end now (with their error event).
+            self.drain_state.halted = True
             super().handle_exit(sig, frame)
             return
         self._signalled = True
