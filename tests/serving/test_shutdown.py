@@ -86,3 +86,41 @@ def test_drain_timeout_ends_the_rest_with_an_error_event() -> None:
     with sqlite3.connect(settings.data_dir / "genai.db") as db:
         statuses = db.execute("SELECT status FROM completion_records").fetchall()
     assert sorted(statuses) == [("error",), ("error",)]
+
+
+def test_second_signal_ends_the_running_generations_at_once() -> None:
+    settings = make_settings(shutdown_drain_seconds=600)  # the drain alone would wait 10 min
+    app = create_app(settings, lambda s: FakeEngine(context_length=4096, delay=0.01))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = DrainingServer(config, app.state.service.generations.shutdown)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and app.state.service.ready):
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    events: list[str] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", url, json=body | {"max_tokens": 3000}) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    first.set()
+
+    client = threading.Thread(target=stream)
+    client.start()
+    assert first.wait(10)
+    server.handle_exit(signal.SIGTERM, None)  # the drain starts
+    server.handle_exit(signal.SIGTERM, None)  # the operator insists
+    client.join(30)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert json.loads(events[-1])["error"]["code"] == "server_shutting_down"
