@@ -36,6 +36,7 @@ from genai_service.api.routes import docs as api_docs
 from genai_service.api.storage_deps import completions_guard, include_storage_routes
 from genai_service.engines.base import Cancellation, Engine, SamplingParams, collect
 from genai_service.middleware import (
+    DrainGate,
     RequestBodyGuard,
     RequestContextMiddleware,
 )
@@ -241,5 +242,7 @@ def create_app(
             allow_headers=CORS_ALLOW_HEADERS,
             expose_headers=["X-Request-ID", "Retry-After", *RATELIMIT_HEADERS],
         )
+    # SIGTERM: new requests get 503 while those in flight finish (cli.py starts the drain).
+    app.add_middleware(DrainGate, shutdown=state.generations.shutdown)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -145,18 +145,39 @@ def serve(
     # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would make the exit
     # status -15; a drained, orderly stop is a clean exit (0) for systemd and orchestrators.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        "genai_service.app:create_app",
-        factory=True,
+    # Streams get SHUTDOWN_DRAIN_SECONDS to finish; uvicorn waits a little longer.
+    grace = int(settings.shutdown_drain_seconds) + 5
+    if reload:  # development: uvicorn's reloader needs an import string, and no drain
+        uvicorn.run(
+            "genai_service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            reload=True,
+            reload_dirs=[str(Path(__file__).parent)],
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=grace,
+        )
+        return
+    from genai_service.app import create_app
+    from genai_service.server import DrainingServer
+
+    service = create_app(settings)
+    config = uvicorn.Config(
+        service,
         host=settings.host,
         port=settings.port,
-        reload=reload,
-        reload_dirs=[str(Path(__file__).parent)] if reload else None,
         log_level=settings.log_level.lower(),
         access_log=False,
-        # Streams get SHUTDOWN_DRAIN_SECONDS to finish (api/sse.py); uvicorn waits a little longer.
-        timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
+        timeout_graceful_shutdown=grace,
     )
+    # SIGTERM: readiness 503 and new requests 503 at once, running ones finish, then the
+    # server stops and the lifespan flushes the usage ledger (serving/shutdown.py).
+    server = DrainingServer(config, service.state.service.generations.shutdown)
+    server.run()
+    if not server.started:  # as uvicorn.run: a failed start (bind, lifespan) is not a success
+        raise typer.Exit(3)
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from genai_service.api.errors import APIError
+from genai_service.api.errors import APIError, shutting_down
+from genai_service.serving.shutdown import Shutdown
 
 log = structlog.get_logger("genai_service.access")
 
@@ -227,3 +228,27 @@ class ReadyGate:
             if "failed" in service.reason:
                 return  # let the app answer 503 with the reason
             await asyncio.sleep(0.05)
+
+
+class DrainGate:
+    """From SIGTERM on, new requests get 503 with Retry-After (serving/shutdown.py); it counts
+    the requests in flight, which the drain waits for. Probes and /metrics pass: readiness
+    says 503 itself, and Prometheus keeps scraping a draining pod."""
+
+    def __init__(self, app: ASGIApp, shutdown: Shutdown) -> None:
+        self.app = app
+        self.shutdown = shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/health") or path == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        if self.shutdown.draining:
+            await shutting_down().response()(scope, receive, send)
+            return
+        self.shutdown.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.shutdown.leave()

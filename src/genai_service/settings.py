@@ -13,7 +13,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2"
@@ -183,8 +191,11 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(
         25.0,
         ge=0,
-        description="On SIGTERM, seconds the running generations may take to finish before "
-        "their streams are cut; keep it below the orchestrator's grace period.",
+        # SHUTDOWN_TIMEOUT is the same setting under the name the deployment docs use.
+        validation_alias=AliasChoices("shutdown_drain_seconds", "shutdown_timeout"),
+        description="On SIGTERM (alias SHUTDOWN_TIMEOUT), seconds the requests in flight may "
+        "take to finish while new ones get 503; past it, running generations end with an "
+        "error event. Keep it below the orchestrator's grace period.",
     )
     default_max_tokens: int = Field(
         512, ge=1, description="Reply length limit when a request sets none."

@@ -1,8 +1,9 @@
-"""SIGTERM (a rolling update, a scale-down) lets running streams finish, then exits 0.
+"""SIGTERM (a rolling update, a scale-down): readiness 503 at once, new requests 503 with
+Retry-After, running streams finish with [DONE], the usage ledger is flushed, exit 0.
 
-Streams get SHUTDOWN_DRAIN_SECONDS to end with their [DONE].
-
-A real `genai-service serve` process with uvicorn's own signal handling, the real model.
+A real `genai-service serve` process with its own signal handling, the real model, its
+SQLite ledger read after the exit. The cut at the timeout (an SSE error event instead of
+[DONE]) is tested on the fake engine in tests/serving/test_shutdown.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
         "DATA_DIR": str(tmp_path),
         "EMBEDDING_MODEL": "",
         "LOG_LEVEL": "warning",
-        "SHUTDOWN_DRAIN_SECONDS": "30",
+        "SHUTDOWN_TIMEOUT": "60",  # the alias of SHUTDOWN_DRAIN_SECONDS
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "genai_service", "serve"],
@@ -61,13 +63,14 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
         def stream(i: int) -> None:
             body = {
                 "model": "smollm2",
-                "messages": [{"role": "user", "content": "Tell me a long story."}],
-                "max_tokens": 60,
+                "messages": [{"role": "user", "content": "Tell me a long story about a ship."}],
+                "max_tokens": 160,
                 "temperature": 0.8,
+                "seed": i,
                 "stream": True,
             }
             with (
-                httpx.Client(timeout=60) as http,
+                httpx.Client(timeout=120) as http,
                 http.stream("POST", f"{base}/v1/chat/completions", json=body) as response,
             ):
                 for line in response.iter_lines():
@@ -83,13 +86,40 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
             assert event.wait(60)
         # To the whole group, the engine process too (systemd's and Docker's default).
         os.killpg(server.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+
+        # Readiness turns 503 within 1 s (polled), so the load balancer stops sending here.
+        with httpx.Client(timeout=5) as http:
+            while True:
+                ready = http.get(f"{base}/health/ready")
+                if ready.status_code == 503:
+                    break
+                assert time.monotonic() - signalled < 1.0, "readiness still 200 after 1 s"
+            assert ready.json()["reason"] == "shutting down"
+            assert ready.headers["Retry-After"]
+            # A new request is refused with 503 and Retry-After, in the OpenAI error format.
+            refused = http.post(
+                f"{base}/v1/chat/completions",
+                json={"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}]},
+            )
+        still_running = sum(thread.is_alive() for thread in threads)
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["error"]["code"] == "server_shutting_down"
+
         for thread in threads:
-            thread.join(60)
+            thread.join(120)
         for events in endings:
             assert events[-1] == "[DONE]", events[-3:]
             finish = json.loads(events[-2])["choices"][0]["finish_reason"]
             assert finish in ("stop", "length")
-        assert server.wait(30) == 0
+        assert server.wait(60) == 0, server.stdout.read().decode()[-3000:] if server.stdout else ""
+        # The streams were still generating while the new request was refused.
+        assert still_running >= 1
+        # The ledger was flushed before the exit: one record per stream, none for the refused.
+        with sqlite3.connect(tmp_path / "genai.db") as db:
+            rows = db.execute("SELECT endpoint, status FROM completion_records").fetchall()
+        assert sorted(rows) == [("/v1/chat/completions", "ok")] * STREAMS, rows
     finally:
         if server.poll() is None:
             server.kill()

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from genai_service.settings import Settings
+
 from . import dockerkit
 
 ROOT = dockerkit.ROOT
@@ -185,6 +187,9 @@ def test_compose_production_settings() -> None:
     assert {v["target"]: v["source"] for v in db["volumes"]}["/var/lib/postgresql/data"] == "pgdata"
     assert config["networks"]["genai-net"]["driver"] == "bridge"
     assert server["restart"] == db["restart"] == "unless-stopped"
+    # SIGKILL comes after the drain (SHUTDOWN_DRAIN_SECONDS) has had its time.
+    drain = Settings.model_fields["shutdown_drain_seconds"].default
+    assert int(server["stop_grace_period"].removesuffix("s")) > drain + 5
 
 
 def test_compose_defaults_need_no_env_file() -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from genai_service.storage import repository as repo
-from genai_service.storage.database import Database
+from genai_service.storage.database import Database, make_engine
 from genai_service.storage.ledger import LedgerWriter, UsageRecord, insert_records
 from genai_service.storage.models import CompletionRecord, Message, utcnow
 
@@ -84,6 +84,47 @@ async def test_concurrent_appends_without_the_process_lock(db: Database) -> None
         assert user.role == "user" and reply.role == "assistant"
         assert reply.content == "r" + user.content[1:]  # each pair stays together
     assert {m.content for m in stored[::2]} == {f"u{i}" for i in range(30)}
+
+
+async def test_turn_lock_serialises_read_generate_append(db: Database) -> None:
+    """A turn (read the history, "generate", append) holds the conversation: every reply is
+    built from all the turns committed before it. On Postgres the posts come through two lock
+    managers and two connection pools, as from two replicas; SQLite is one process."""
+    conversation = await repo.create_conversation(db)
+    replicas = [(repo.ConversationLocks(), db)]
+    if db.dialect == "postgresql":
+        other = Database(db.url, make_engine(db.url))
+        replicas.append((repo.ConversationLocks(), other))
+
+    async def post(i: int) -> None:
+        locks, database = replicas[i % len(replicas)]
+        release = await locks.acquire(database, conversation.id)
+        try:
+            seen = len(await repo.history(database, conversation.id))
+            for _ in range(3):
+                await asyncio.sleep(0)  # the generation: other posts get to run meanwhile
+            await repo.append_messages(
+                database,
+                conversation.id,
+                [repo.NewMessage("user", f"u{i}"), repo.NewMessage("assistant", f"saw {seen}")],
+            )
+        finally:
+            release()
+
+    try:
+        await asyncio.gather(*(post(i) for i in range(20)))
+    finally:
+        for _, database in replicas[1:]:
+            await database.close()
+    stored = await repo.history(db, conversation.id)
+    # Each reply saw exactly the messages before its own user turn.
+    assert [m.content for m in stored[1::2]] == [f"saw {n}" for n in range(0, 40, 2)]
+
+
+def test_advisory_key_is_a_signed_64_bit_integer() -> None:
+    keys = {repo.advisory_key(f"conv_{i}") for i in range(1000)}
+    assert len(keys) == 1000 and all(-(2**63) <= key < 2**63 for key in keys)
+    assert repo.advisory_key("conv_1") == repo.advisory_key("conv_1")
 
 
 def _record(**overrides: object) -> UsageRecord:

@@ -95,6 +95,18 @@ def engine_unavailable(message: str) -> APIError:
     return APIError(503, message, code="engine_unavailable", headers={"Retry-After": "1"})
 
 
+def shutting_down() -> APIError:
+    """SIGTERM came: this replica finishes what it has and takes nothing new (the load
+    balancer sends the retry to another one). `Connection: close` frees the client's pooled
+    connection to it."""
+    return APIError(
+        503,
+        "The server is shutting down and takes no new requests: retry the request.",
+        code="server_shutting_down",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
+
+
 def busy(retry_after: int) -> APIError:
     return APIError(
         429,

@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from genai_service import metrics
-from genai_service.api.errors import APIError, busy, engine_unavailable
+from genai_service.api.errors import APIError, busy, engine_unavailable, shutting_down
 from genai_service.engines.base import (
     Cancellation,
     Completion,
@@ -46,6 +46,7 @@ from genai_service.engines.base import (
 )
 from genai_service.observability import tracing
 from genai_service.serving.limiter import Busy, GenerationLimiter, Lease
+from genai_service.serving.shutdown import Shutdown
 from genai_service.serving.usage import Status, UsageRecorder
 from genai_service.settings import Settings
 
@@ -145,6 +146,8 @@ class GenerationService:
         self.limiter = limiter
         self.tracer: trace.Tracer = tracing.tracer  # the app's provider's, when tracing is on
         self.drain_seconds = settings.shutdown_drain_seconds
+        # SIGTERM's drain; past its timeout, running generations end (serving/shutdown.py).
+        self.shutdown = Shutdown(settings.shutdown_drain_seconds)
         self.defaults = SamplingDefaults(
             max_tokens=settings.default_max_tokens,
             temperature=settings.default_temperature,
@@ -174,6 +177,7 @@ class GenerationService:
             request, engine, prompt, params, lease, on_finish, span, self.tracer
         )
         generation.drain_seconds = self.drain_seconds
+        generation.shutdown = self.shutdown
         return generation
 
     def _span(
@@ -264,6 +268,7 @@ class GenerationService:
         for generation in generations:
             generation.on_span_end = one_done
             generation.drain_seconds = self.drain_seconds
+            generation.shutdown = self.shutdown
         return generations
 
 
@@ -305,6 +310,7 @@ class Generation:
         self.finished: Any = None  # what on_finish returned (a conversation's stored turn)
         self.span = span
         self.drain_seconds = 0.0  # set by the service: how long a stream may finish at shutdown
+        self.shutdown: Shutdown | None = None  # set by the service: the drain's state
         self.on_span_end: Any = None  # n choices: the request's span ends with the last one
         self._span_open = True
 
@@ -352,6 +358,9 @@ class Generation:
                 self.engine.stream(self.prompt, self.params, self.cancel)
             ) as chunks:
                 async for chunk in chunks:
+                    if self.shutdown is not None and self.shutdown.halted:
+                        # The drain's timeout passed: end here, with an error the client sees.
+                        raise shutting_down()
                     now = time.perf_counter()
                     if chunk.text:
                         if not parts:

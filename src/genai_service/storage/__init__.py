@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -78,6 +81,21 @@ async def _prepare(db: Database, migrate: bool) -> None:
         delay = min(delay * 2, 5.0)
 
 
+def worker_count(argv: list[str] | None = None) -> int:
+    """How many worker processes the server was asked for: `--workers N` / `-w N` on the
+    command line, or WEB_CONCURRENCY when the program is one that reads it (gunicorn, the
+    uvicorn CLI; `genai-service serve` is one process, whatever a platform sets there)."""
+    args = sys.argv if argv is None else argv
+    program = Path(args[0]).name if args else ""
+    value = os.environ.get("WEB_CONCURRENCY", "") if program in ("gunicorn", "uvicorn") else ""
+    for i, arg in enumerate(args):
+        if arg in ("--workers", "-w") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--workers="):
+            value = arg.split("=", 1)[1]
+    return int(value) if value.strip().isdigit() else 1
+
+
 async def open_storage(settings: Settings) -> Storage:
     url = settings.resolved_database_url
     engine = make_engine(
@@ -90,6 +108,17 @@ async def open_storage(settings: Settings) -> Storage:
     )
     db = Database(url, engine)
     storage = Storage(db=db, ledger=LedgerWriter(db))
+    workers = worker_count()
+    if is_sqlite(url) and workers > 1:
+        # Each worker process would hold its own conversation locks over one SQLite file:
+        # appends stay atomic, but a reply could miss a turn another worker is writing.
+        log.warning(
+            "sqlite_several_workers",
+            workers=workers,
+            message=f"{workers} worker processes share the embedded SQLite database; it is "
+            "made for one process. Run one worker (several replicas: set DATABASE_URL to "
+            "Postgres, where conversations are locked across processes).",
+        )
     migrate = settings.migrate_at_startup
     # A local SQLite file migrates in milliseconds: do it before serving. Otherwise (or if
     # that failed) keep trying in the background; routes answer 503 until it worked.

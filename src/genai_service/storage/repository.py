@@ -7,14 +7,17 @@ of another owner is answered exactly as one that does not exist.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from genai_service.storage.database import Database
 from genai_service.storage.models import (
@@ -43,15 +46,23 @@ def new_message_id() -> str:
 
 
 class ConversationLocks:
-    """One asyncio lock per conversation id, alive only while someone holds or awaits it.
+    """Holds a conversation for one turn: read the history, generate, store the turn.
 
-    Appends to one conversation run one at a time in this process, so each reply sees the
-    turns before it; across processes the row lock taken by `append_messages` keeps the
-    order consistent.
+    Two locks, taken in this order:
+    - an asyncio lock per conversation id, so the posts of this process queue here (FIFO)
+      and hold at most one database connection per conversation;
+    - on Postgres, a transaction-scoped advisory lock on a hash of the id, held on its own
+      connection until the turn is stored, so posts on other replicas wait too. An advisory
+      lock, not SELECT ... FOR UPDATE: the turn is appended by another transaction
+      (`append_messages`), whose UPDATE of the conversation row a row lock would block.
+    The embedded SQLite has one writer process by design: the asyncio lock is all it needs.
+
+    So every reply is built from the turns committed before it, on any replica.
     """
 
     def __init__(self) -> None:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, conversation_id: str) -> asyncio.Lock:
         lock = self._locks.get(conversation_id)
@@ -59,6 +70,62 @@ class ConversationLocks:
             lock = asyncio.Lock()
             self._locks[conversation_id] = lock
         return lock
+
+    async def acquire(self, db: Database, conversation_id: str) -> Callable[[], None]:
+        """Wait for the conversation; returns its release (synchronous, idempotent)."""
+        lock = self.get(conversation_id)
+        await lock.acquire()
+        try:
+            held = await _advisory_lock(db, conversation_id) if db.dialect == "postgresql" else None
+        except BaseException:
+            lock.release()
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            if held is not None:
+                # Ending its transaction releases the advisory lock; a task, as the callers
+                # (a stream's close hook among them) are synchronous.
+                task = asyncio.get_running_loop().create_task(_close(held))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            lock.release()
+
+        return release
+
+
+def advisory_key(conversation_id: str) -> int:
+    """The conversation's advisory lock key: Postgres takes a signed 64-bit integer."""
+    digest = hashlib.blake2b(conversation_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _advisory_lock(db: Database, conversation_id: str) -> AsyncConnection:
+    # pg_try_ in a loop rather than the blocking pg_advisory_xact_lock: a wait may outlast the
+    # driver's command timeout (a long generation on another replica), and a client that
+    # leaves cancels a sleep cleanly.
+    connection = await db.engine.connect()
+    try:
+        await connection.begin()
+        query = text("SELECT pg_try_advisory_xact_lock(:key)")
+        key = advisory_key(conversation_id)
+        delay = 0.005
+        while not await connection.scalar(query, {"key": key}):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    except BaseException:
+        await _close(connection)
+        raise
+    return connection
+
+
+async def _close(connection: AsyncConnection) -> None:
+    with contextlib.suppress(Exception):
+        await connection.close()  # rolls the transaction back: the advisory lock goes with it
 
 
 async def create_conversation(

@@ -3,7 +3,8 @@
 POST /v1/conversations/{id}/messages builds the prompt from the stored history (oldest turns
 dropped to fit the context window, the system prompt always kept), generates the reply and
 stores the user and assistant turns in one transaction: both or neither. Posts to one
-conversation run one at a time, so every reply sees the turns before it.
+conversation run one at a time, on every replica (a Postgres advisory lock), so every
+reply is built from the turns committed before it.
 
 Every conversation belongs to the principal that created it (see `deps.get_principal`); any
 other principal gets the same 404 as for an id that does not exist, so existence never leaks.
@@ -12,7 +13,7 @@ other principal gets the same 404 as for an id that does not exist, so existence
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -288,9 +289,9 @@ async def post_message(
 ) -> Any:
     conversation = await _load(storage, conversation_id, owner)
     engine = resolve_engine(state, body.model or conversation.model)
-    lock = storage.locks.get(conversation_id)
-    await lock.acquire()
-    unlock = _Once(lock.release)  # an asyncio.Lock must not be released twice
+    # One turn at a time per conversation, across replicas (storage/repository.py).
+    async with database_errors(storage):
+        unlock = await storage.locks.acquire(storage.db, conversation_id)
     handed_over = False
     try:
         async with database_errors(storage):
@@ -331,15 +332,3 @@ async def post_message(
     finally:
         if not handed_over:
             unlock()
-
-
-class _Once:
-    """Calls `action` the first time only."""
-
-    def __init__(self, action: Callable[[], None]) -> None:
-        self._action: Callable[[], None] | None = action
-
-    def __call__(self) -> None:
-        action, self._action = self._action, None
-        if action is not None:
-            action()

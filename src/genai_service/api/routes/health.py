@@ -40,6 +40,11 @@ async def ready(state: State, request: Request) -> JSONResponse:
         model_id: {"engine": engine.info.engine, "context_length": engine.info.context_length}
         for model_id, engine in [*state.engines.items(), *state.embedders.items()]
     }
+    shutdown = state.generations.shutdown
+    if shutdown.draining:
+        # SIGTERM: out of the load balancer at once, while running requests finish.
+        body = Health(status="unavailable", reason="shutting down", models=models)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     db_up, database = await _database(request)
     if state.failed:
         # No Retry-After: the same settings fail the same way; the reason says what to fix.
