@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -204,21 +206,24 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ExportRun:
     out: Path
     exit_code: int
-    output: str
+    output: str  # stdout, then stderr
+    stderr: str
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_onnx(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
-    """The tiny Llama exported by the real CLI (`models export-onnx ... --quantize int8`)."""
-    from typer.testing import CliRunner
-
-    from genai_service.cli import app
-
+    """The tiny Llama exported by the installed command, run as a user runs it (a process of
+    its own, so what libraries print to its stderr is seen): `models export-onnx ... int8`."""
     out = tmp_path_factory.mktemp("tiny-llama-onnx") / "tiny-llama"
-    result = CliRunner().invoke(
-        app, ["models", "export-onnx", str(tiny_llama), str(out), "--quantize", "int8"]
+    command = Path(sys.executable).parent / "genai-service"
+    result = subprocess.run(
+        [str(command), "models", "export-onnx", str(tiny_llama), str(out), "--quantize", "int8"],
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "LOG_LEVEL": "info"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    return ExportRun(out, result.exit_code, result.output)
+    return ExportRun(out, result.returncode, result.stdout + result.stderr, result.stderr)
 
 
 @dataclass

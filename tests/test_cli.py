@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from genai_service import __version__
 from genai_service.cli import app
-from genai_service.settings import Settings
+from genai_service.settings import LOG_LEVELS, Settings
 from tests.conftest import MODEL_ID, free_port
 
 BIN = Path(sys.executable).parent
@@ -65,6 +65,9 @@ def test_help_lists_serve_options_with_their_env_and_default() -> None:
         line = text.split(option, 1)[1].split(" --", 1)[0]
         assert f"[env {env}; default" in line, line
         assert str(default) in line, (option, line)
+    # Every level LOG_LEVEL takes is named.
+    log_level = text.split("--log-level", 1)[1]
+    assert all(level in log_level for level in LOG_LEVELS), log_level
     # Markup is not eaten, flags are plain flags.
     assert "'owner/repo/file.gguf[@revision]'" in text
     assert "<bool>" not in text and "--no-reload" not in text
@@ -196,6 +199,12 @@ def test_models_path_prints_the_embedded_file() -> None:
     result = CliRunner().invoke(app, ["models", "path", "smollm2"])
     assert result.exit_code == 0
     assert result.output.strip().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_models_path_of_a_missing_file_says_so() -> None:
+    result = CliRunner().invoke(app, ["models", "path", "./models/typo.gguf"])
+    assert result.exit_code == 1
+    assert "no such file" in result.output and "typo.gguf" in result.output
 
 
 def test_models_path_never_downloads(tmp_path: Path) -> None:

@@ -66,6 +66,14 @@ def test_unknown_spec_is_a_clear_error(tmp_path: Path) -> None:
         resolve_model("no-such-model", tmp_path)
 
 
+@pytest.mark.parametrize("spec", ["./models/typo.gguf", "~/typo.gguf", "/no/such.gguf", "a.gguf"])
+def test_a_missing_file_says_no_such_file(spec: str, tmp_path: Path) -> None:
+    # A path with a typo is reported as such, with the absolute path it looked at.
+    with pytest.raises(ModelNotFoundError, match="no such file") as caught:
+        resolve_model(spec, tmp_path)
+    assert str(Path(spec).expanduser().absolute()) in str(caught.value)
+
+
 class _MirrorHandler(http.server.BaseHTTPRequestHandler):
     """The two calls huggingface_hub makes for one file: HEAD for metadata, GET for bytes."""
 

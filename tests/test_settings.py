@@ -127,6 +127,22 @@ def test_each_bad_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("(got 'abc')" in line for line in caught.value.lines)
 
 
+def test_a_list_that_is_not_json_says_both_forms_and_hides_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("API_KEYS", "[sk-secret-1")
+    monkeypatch.setenv("ALLOWED_CORS_ORIGINS", '["http://a.example"')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None)
+    lines = sorted(caught.value.lines)
+    assert [line.split(":")[0] for line in lines] == [
+        "invalid setting ALLOWED_CORS_ORIGINS",
+        "invalid setting API_KEYS",
+    ]
+    assert all("expected a,b,c or a JSON list" in line for line in lines), lines
+    assert "sk-secret-1" not in " ".join(lines)
+
+
 def test_database_password_file_goes_into_the_url(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("p@ss/word:1\n")  # as `echo > file` writes it; URL-special characters

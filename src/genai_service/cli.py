@@ -113,7 +113,7 @@ def serve(
         str | None,
         typer.Option(
             metavar="LEVEL",
-            help="debug, info, warning or error [env LOG_LEVEL; default info].",
+            help="critical, error, warning, info, debug or trace [env LOG_LEVEL; default info].",
         ),
     ] = None,
 ) -> None:
@@ -301,12 +301,16 @@ def export_onnx_command(
     from rich.table import Table
 
     from genai_service.engines.onnx_export import ExportError, export_onnx
+    from genai_service.log_config import configure_logging
     from genai_service.model_store import (
         EMBEDDED_EMBEDDING_MODELS,
         ModelNotFoundError,
         embedded_checkpoint_dir,
     )
 
+    # As in serve: torch's TracerWarning and onnxruntime's pre-processing advice are for their
+    # developers, shown only with LOG_LEVEL=debug.
+    configure_logging(os.environ.get("LOG_LEVEL", "info"))
     if quantize not in (None, "int8"):
         error(f"--quantize takes 'int8', not '{quantize}'")
         raise typer.Exit(2)
@@ -337,7 +341,8 @@ def export_onnx_command(
             raise typer.Exit(1) from None
         progress.update(task, completed=len(steps), description=f"done: {source.name}")
 
-    table = Table(title=f"{result.kind} -> {result.out_dir}")
+    # The folder is the last line (stdout); a long path in the title would wrap mid-word.
+    table = Table(title=f"{result.kind}: {result.out_dir.name}")
     table.add_column("file")
     table.add_column("size", justify="right")
     table.add_row("model.onnx (fp32)", f"{result.fp32_bytes / 1e6:.1f} MB")

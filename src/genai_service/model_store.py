@@ -193,6 +193,10 @@ def resolve_model(
     if local.is_file():
         return ResolvedModel(local, served_name or local.stem)
     hub = parse_hub_spec(spec)
+    if hub is None and (spec.startswith((".", "/", "~")) or spec.endswith(".gguf")):
+        # Meant as a file: a typo in the path is the likely cause, so say that.
+        hint = "" if spec.startswith((".", "/", "~")) else "; a hub spec is 'owner/repo/file.gguf'"
+        raise ModelNotFoundError(f"model '{spec}': no such file ({local.absolute()}){hint}")
     if hub is None:
         raise ModelNotFoundError(
             f"model '{spec}' is not an embedded model ({', '.join(EMBEDDED_MODELS)}), "

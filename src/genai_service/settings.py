@@ -86,7 +86,11 @@ def _split_csv(value: Any) -> Any:
         if text.startswith("["):
             import json
 
-            return json.loads(text)
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                # One line that says the two accepted forms, never the (maybe secret) value.
+                raise ValueError('expected a,b,c or a JSON list such as ["a", "b"]') from None
         return [item.strip() for item in text.split(",") if item.strip()]
     return value
 
