@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import cast
 
 import openai
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from genai_service.api.auth import _database_errors
+from genai_service.api.errors import APIError
+from genai_service.storage import Storage
+from genai_service.storage.database import Database
 from tests.conftest import MODEL_ID, RunningServer, run_server
 
 KEYS = ["key-one-0123456789", "key-two-9876543210"]
@@ -76,3 +83,17 @@ def test_keys_from_secret_file(tmp_path, monkeypatch) -> None:  # type: ignore[n
     settings = Settings(_env_file=None, _secrets_dir=tmp_path)  # type: ignore[call-arg]
     assert [k.get_secret_value() for k in settings.api_keys] == ["from-a-secret-file"]
     assert "from-a-secret-file" not in repr(settings)
+
+
+def test_a_database_outage_during_a_key_check_is_503_and_marks_it_down() -> None:
+    # The key look-up, the request count and the token budget share this guard.
+    db = Database("sqlite+aiosqlite://", create_async_engine("sqlite+aiosqlite://"))
+    db.healthy = True
+    storage = cast(Storage, SimpleNamespace(db=db))
+    with pytest.raises(APIError) as refused, _database_errors(storage):
+        raise ConnectionRefusedError("connection refused")
+    assert (refused.value.status_code, refused.value.code) == (503, "database_unavailable")
+    assert not db.healthy
+    # Anything else is not the database's absence: it stays what it is (a 500 upstream).
+    with pytest.raises(ValueError), _database_errors(storage):
+        raise ValueError("a bug")

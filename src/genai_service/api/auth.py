@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -88,6 +90,18 @@ def _unavailable(storage: Storage) -> APIError:
     return database_unavailable(db.schema_reason or db.reason or "the database is unavailable")
 
 
+@contextmanager
+def _database_errors(storage: Storage) -> Iterator[None]:
+    """A database that cannot be reached is marked down and answers 503, never 500."""
+    try:
+        yield
+    except Exception as exc:
+        if is_unavailable(exc):
+            storage.db.mark_down(exc)
+            raise _unavailable(storage) from None
+        raise
+
+
 async def _keys_in_database(storage: Storage | None) -> bool:
     """Whether the database holds keys (then authentication is on); fails closed with 503
     while that was never answered."""
@@ -104,13 +118,8 @@ async def _find(storage: Storage | None, presented: bytes) -> ApiKey | None:
         return None  # no key in the database (as last seen): no look-up, a plain 401
     if not storage.db.schema_ready:
         raise _unavailable(storage)
-    try:
+    with _database_errors(storage):
         return await key_store.find_key(storage.db, presented)
-    except Exception as exc:
-        if is_unavailable(exc):
-            storage.db.mark_down(exc)
-            raise _unavailable(storage) from None
-        raise
 
 
 async def require_api_key(request: Request, state: State) -> Caller:
@@ -193,13 +202,8 @@ def quota_exceeded(kind: str, limit: int, reset: float) -> APIError:
 
 async def _count_request(request: Request, storage: Storage, key: ApiKey, now: datetime) -> None:
     limit = key.requests_per_minute or 0
-    try:
+    with _database_errors(storage):
         count = await key_store.count_request(storage.db, key.id, now)
-    except Exception as exc:
-        if is_unavailable(exc):
-            storage.db.mark_down(exc)
-            raise _unavailable(storage) from None
-        raise
     reset = (key_store.minute_window(now) + timedelta(minutes=1) - now).total_seconds()
     _set_headers(request, "requests", limit, limit - count, reset)
     if count > limit:
@@ -220,13 +224,8 @@ async def token_budget(request: Request, caller: Authenticated) -> None:
     if key is None or key.tokens_per_day is None or storage is None:
         return
     now = clock()
-    try:
+    with _database_errors(storage):
         used = await key_store.tokens_used(storage.db, key.id, now)
-    except Exception as exc:
-        if is_unavailable(exc):
-            storage.db.mark_down(exc)
-            raise _unavailable(storage) from None
-        raise
     limit = key.tokens_per_day
     reset = (key_store.day_window(now) + timedelta(days=1) - now).total_seconds()
     _set_headers(request, "tokens", limit, limit - used, reset)
