@@ -112,3 +112,17 @@ def test_docs_hidden_in_production_unless_asked(env: str, show: bool, visible: b
         with running.http() as http:
             for path in ("/docs", "/redoc", "/openapi.json"):
                 assert (http.get(path).status_code == 200) is visible
+
+
+def test_probes_and_the_root_answer_head(server: RunningServer) -> None:
+    # Many load balancers and uptime checkers probe with HEAD: the GET's status, no body.
+    with server.http() as http:
+        for path in ("/health/live", "/health/ready"):
+            head = http.head(path)
+            assert head.status_code == 200, path
+            assert head.content == b""
+        assert http.head("/").status_code == 307
+        assert http.head("/playground").status_code == 200
+        # HEAD stays out of the API description (one operation per probe).
+        paths = http.get("/openapi.json").json()["paths"]
+        assert set(paths["/health/live"]) == {"get"}

@@ -13,6 +13,8 @@ from genai_service.api.schemas import Health
 router = APIRouter(prefix="/health", tags=["health"])
 
 
+# HEAD too: many load balancers and uptime checkers probe with it (uvicorn drops the body).
+@router.head("/live", include_in_schema=False)
 @router.get("/live", response_model=Health)
 async def live() -> Health:
     # Up as soon as the process serves HTTP, model or not: restarting would not help loading.
@@ -34,6 +36,7 @@ async def _database(request: Request) -> tuple[bool, dict[str, Any] | None]:
     }
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get("/ready", response_model=Health)
 async def ready(state: State, request: Request) -> JSONResponse:
     models = {

@@ -44,12 +44,12 @@ def _asset(name: str) -> Response:
     return Response(_read(name), media_type=_ASSETS[name], headers=_HEADERS)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])  # HEAD: uptime checkers probe the root
 async def root() -> RedirectResponse:
     return RedirectResponse("playground", status_code=307)  # relative: works under a prefix
 
 
-@router.get("/playground")
+@router.api_route("/playground", methods=["GET", "HEAD"])
 async def page() -> Response:
     return _asset("index.html")
 
