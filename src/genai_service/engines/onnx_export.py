@@ -203,7 +203,7 @@ def ensure_exported(src: Path, out: Path, *, quantize: Literal["int8"] | None = 
                 "onnx_export_started",
                 model=out.name,
                 precision=quantize or "fp32",
-                note="first start only, about 15 s; the result is cached",
+                note="first start only, 16-30 s on 2 cores; the result is cached",
                 cache=str(out),
             )
             started = time.perf_counter()
