@@ -15,6 +15,7 @@ ongoing request per replica, one to two replicas).
 
 from __future__ import annotations
 
+import builtins
 import json
 import subprocess
 import sys
@@ -49,6 +50,7 @@ NODE = {
 }
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage report leaves the machine
+    "RAY_TQDM_PATCH_PRINT": "0",  # the driver must not replace builtins.print
     # Keep every Ray address on loopback: with this off, Ray does not swap 127.0.0.1 for the
     # host's outward address when it connects.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -116,6 +118,7 @@ def deployed() -> Iterator[Deployed]:
 
 
 def start_and_deploy() -> Iterator[Deployed]:
+    print_before = builtins.print
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     try:
         cluster.add_node(**NODE)
@@ -142,6 +145,7 @@ def start_and_deploy() -> Iterator[Deployed]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        builtins.print = print_before  # what Ray patched, back for any later test
 
 
 def chat(client: httpx.Client, content: str, **extra: Any) -> httpx.Response:
