@@ -6,6 +6,7 @@ official `openai` SDK works unchanged) and can still look at the service state d
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import structlog
 import uvicorn
 from fastapi import FastAPI
 
@@ -155,6 +157,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The Ray driver leaves process-wide state behind (it patches builtins.print, and later
     # servers' log lines then fail on a closed capture stream): its tests run last.
     items.sort(key=lambda item: item.nodeid.startswith("tests/deploy/test_ray.py"))
+
+
+@pytest.fixture(autouse=True)
+def _logging_config_back() -> Iterator[None]:
+    # A CLI command run in-process (CliRunner) configures logging onto the runner's stderr,
+    # which is closed afterwards: later servers in this process must get theirs back.
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 # --- models for the engine tests (ONNX, transformers, export) ---------------------------------
