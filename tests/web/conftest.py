@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -37,9 +38,14 @@ def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+_BROWSER_INTERNAL = ("chrome", "chrome-extension", "chrome-untrusted", "devtools", "about")
+
+
 def requested_urls(driver: Any) -> list[str]:
     """Every URL the browser sent a request to since the last call (DevTools Network events);
-    requests the page's Content-Security-Policy blocked never left it and are not counted."""
+    requests the page's Content-Security-Policy blocked never left it and are not counted, nor
+    are the browser's own pages (chrome://favicon2 and chrome://resources, loaded by its new-tab
+    page at whatever moment it likes), which never touch the network."""
     sent: dict[str, str] = {}
     blocked = set()
     for entry in driver.get_log("performance"):
@@ -49,7 +55,11 @@ def requested_urls(driver: Any) -> list[str]:
             sent[params["requestId"]] = params["request"]["url"]
         elif message["method"] == "Network.loadingFailed" and params.get("blockedReason"):
             blocked.add(params["requestId"])
-    return [url for request_id, url in sent.items() if request_id not in blocked]
+    return [
+        url
+        for request_id, url in sent.items()
+        if request_id not in blocked and urlsplit(url).scheme not in _BROWSER_INTERNAL
+    ]
 
 
 @pytest.fixture(scope="module")
