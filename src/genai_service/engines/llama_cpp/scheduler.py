@@ -29,6 +29,7 @@ import ctypes
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ Emit = Callable[[GenerationChunk | BaseException], None]
 Record = Callable[[str, Any], None]
 
 _INVARIANT_CHUNK = 62  # prompt tokens per step; llama.cpp tiles attention from 64 rows on
+_COUNTERS_EVERY = 64  # steps between two records of the step counters
 
 
 @dataclass(eq=False)
@@ -139,6 +141,8 @@ class BatchScheduler:
         self._n = 0
         self._piece = ctypes.create_string_buffer(256)
         self._prefill_turn = False
+        # The engine's own counters (steps, step s, decode s, tokens), recorded every few steps.
+        self._counters = [0, 0.0, 0.0, 0]
 
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._free_seqs = list(range(n_parallel - 1, -1, -1))
@@ -183,7 +187,13 @@ class BatchScheduler:
                     return
                 self._drop_cancelled()
                 if self._running:
+                    started = time.perf_counter()
                     self._step()
+                    counters = self._counters
+                    counters[0] += 1
+                    counters[1] += time.perf_counter() - started
+                    if counters[0] >= _COUNTERS_EVERY:
+                        self._record_counters()
                 self._flush()
         except BaseException as exc:  # a bug here must not hang every waiting client
             log.exception("batch_scheduler_failed")
@@ -204,6 +214,7 @@ class BatchScheduler:
         """Take new requests while slots are free; block only when nothing runs."""
         while self._free_seqs:
             if not self._running:
+                self._record_counters()
                 self._flush()  # about to block: what was just emitted must go out first
             try:
                 item = self._incoming.get(block=not self._running)
@@ -220,6 +231,11 @@ class BatchScheduler:
             except Exception as exc:
                 item.emit(exc)
         return True
+
+    def _record_counters(self) -> None:
+        if self._counters[0]:
+            self._record("steps", tuple(self._counters))
+            self._counters = [0, 0.0, 0.0, 0]
 
     def _start(self, req: _Request) -> None:
         lc = self._lc
@@ -372,7 +388,10 @@ class BatchScheduler:
             spare = min([*self._free_seqs, self._scratch_seq], key=lambda s: abs(s - scratch))
             self._add(0, 0, spare, True)
         self._batch.n_tokens = self._n
+        started = time.perf_counter()
         rc = lc.llama_decode(self._ctx, self._batch)
+        self._counters[2] += time.perf_counter() - started
+        self._counters[3] += len(outputs)
         if spare >= 0:
             lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
         if rc != 0:
