@@ -40,6 +40,8 @@ from typing import Any
 
 import httpx
 
+from genai_service.engines.threads import default_threads
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-service"
@@ -399,7 +401,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--slots", type=int, default=None, help="default: max concurrency")
     parser.add_argument("--ctx-per-slot", type=int, default=512)
     parser.add_argument("--batch", type=int, default=512, help="n_batch for both servers")

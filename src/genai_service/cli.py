@@ -78,7 +78,11 @@ def serve(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, metavar="N", help="CPU threads [env N_THREADS; default: all cores]."),
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="CPU threads [env N_THREADS; default: the CPUs allowed by affinity and cgroup quota].",
+        ),
     ] = None,
     ctx_size: Annotated[
         int | None,

@@ -126,7 +126,12 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(
         None, description="Hugging Face endpoint or mirror for downloads (HF_ENDPOINT)."
     )
-    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
+    n_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads (default: the CPUs this process may use: affinity mask and cgroup "
+        "CPU quota).",
+    )
     n_ctx: int = Field(
         4096,
         ge=64,

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
-import os
 import signal
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from genai_service.engines.base import (
 from genai_service.engines.llama_cpp import core
 from genai_service.engines.llama_cpp.core import CoreConfig, InProcessCore
 from genai_service.engines.llama_cpp.grammar import grammar_for
+from genai_service.engines.threads import default_threads
 from genai_service.engines.worker import Emit, stream_from_worker
 from genai_service.settings import ModelSpec, Settings
 
@@ -355,7 +355,7 @@ class LlamaCppEngine:
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or default_threads()  # the CPUs we may use, not the host's
         self.n_parallel = n_parallel
         self.engine_process = engine_process
         self.info = ModelInfo(
