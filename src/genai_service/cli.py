@@ -97,7 +97,7 @@ def serve(
         typer.Option(
             min=1,
             metavar="N",
-            help="Generations at once [env MAX_CONCURRENT_GENERATIONS; default: N_PARALLEL, 4].",
+            help="Generations at once [env MAX_CONCURRENT_GENERATIONS; default: N_PARALLEL, 16].",
         ),
     ] = None,
     max_queue: Annotated[

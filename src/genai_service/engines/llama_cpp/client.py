@@ -347,11 +347,12 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         n_gpu_layers: int = 0,
-        n_parallel: int = 4,
+        n_parallel: int = 16,
         prefill_chunk: int = 256,
         prefix_cache: bool = True,
         batch_invariant: bool = False,
         engine_process: bool = True,
+        kv_cache_tokens: int | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
@@ -376,6 +377,7 @@ class LlamaCppEngine:
             prefill_chunk=prefill_chunk,
             prefix_cache=prefix_cache,
             batch_invariant=batch_invariant,
+            kv_cache_tokens=kv_cache_tokens,
         )
         self._vocab: Any = None
         self._formatter: Any = None
@@ -508,4 +510,5 @@ def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
         prefix_cache=settings.prefix_cache,
         batch_invariant=settings.batch_invariant,
         engine_process=settings.engine_process,
+        kv_cache_tokens=settings.kv_cache_tokens,
     )
