@@ -302,6 +302,13 @@ class BatchScheduler:
                 lc.llama_memory_seq_rm(self._mem, req.seq, n, -1)
                 req.n_past = n
                 self._record("prefix_reused", n)
+            if self.unified and n < len(self._store):
+                # Unified cells are shared, not copied: free the store's unshared tail now, so
+                # this prompt's new cells follow its shared ones in the buffer instead of filling
+                # that hole later. Attention visits cells in buffer order; the same order as a
+                # fresh prompt keeps a greedy reply the same (same seed, same text).
+                lc.llama_memory_seq_rm(self._mem, self._store_seq, n, -1)
+                self._store = self._store[:n]
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         lc = self._lc
@@ -470,6 +477,11 @@ class BatchScheduler:
         lc.llama_memory_seq_rm(self._mem, self._store_seq, -1, -1)
         lc.llama_memory_seq_cp(self._mem, req.seq, self._store_seq, -1, -1)
         self._store = list(req.tokens)
+        if self.unified:
+            # The last prompt token is never reused (its logits are needed), and the cell it
+            # keeps would make the same prompt's next copy decode it out of buffer order.
+            lc.llama_memory_seq_rm(self._mem, self._store_seq, len(self._store) - 1, -1)
+            self._store.pop()
 
     def _on_token(self, req: _Request, token: int, idx: int) -> None:
         lc = self._lc
