@@ -43,10 +43,10 @@ COUNTERS = (
 )
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads, in seconds."""
+def cpu_seconds(pid: int, user_only: bool = False) -> float:
+    """utime + stime (or utime only) of a process, all its threads, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[11]) + (0 if user_only else int(fields[12]))) / CLK_TCK
 
 
 def engine_pid(api_pid: int) -> int:
@@ -74,15 +74,28 @@ def counters(base_url: str) -> dict[str, float]:
 
 def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     api, eng = server.process.pid, engine_pid(server.process.pid)
-    before = (cpu_seconds(api), cpu_seconds(eng), counters(server.base_url), time.perf_counter())
+    before = (
+        cpu_seconds(api),
+        cpu_seconds(eng),
+        counters(server.base_url),
+        time.perf_counter(),
+        cpu_seconds(api, user_only=True),
+    )
     per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
     level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
-    after = (cpu_seconds(api), cpu_seconds(eng), counters(server.base_url), time.perf_counter())
+    after = (
+        cpu_seconds(api),
+        cpu_seconds(eng),
+        counters(server.base_url),
+        time.perf_counter(),
+        cpu_seconds(api, user_only=True),
+    )
     tokens = level.tokens
     delta = {k: after[2][k] - before[2][k] for k in COUNTERS}
     steps = delta["genai_engine_steps_total"] or 1
     us = 1e6 / tokens
     api_cpu = after[0] - before[0]
+    api_user = after[4] - before[4]
     engine_cpu = after[1] - before[1]
     decode_wall = delta["genai_engine_decode_seconds_total"]
     step_wall = delta["genai_engine_step_seconds_total"]
@@ -92,6 +105,7 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
         "tok_s": level.tokens_per_s,
         "wall_us_per_token": (after[3] - before[3]) * us,
         "api_cpu_us_per_token": api_cpu * us,
+        "api_user_us_per_token": api_user * us,
         "engine_cpu_us_per_token": engine_cpu * us,
         "decode_wall_us_per_token": decode_wall * us,
         "step_python_us_per_token": (step_wall - decode_wall) * us,
@@ -186,6 +200,14 @@ def main() -> None:
     rows = []
     try:
         asyncio.run(_warm(server))
+        api, eng = server.process.pid, engine_pid(server.process.pid)
+        before = cpu_seconds(api), cpu_seconds(eng)
+        time.sleep(5)
+        idle = {
+            "api_idle_cpu_pct": (cpu_seconds(api) - before[0]) / 5 * 100,
+            "engine_idle_cpu_pct": (cpu_seconds(eng) - before[1]) / 5 * 100,
+        }
+        print(json.dumps(idle), flush=True)
         for c in args.concurrency:
             rows.append(measure(server, c, args))
             print(json.dumps(rows[-1]), flush=True)
