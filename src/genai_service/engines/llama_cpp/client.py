@@ -53,6 +53,8 @@ from genai_service.settings import ModelSpec, Settings
 
 log = structlog.get_logger(__name__)
 
+INLINE_TOKENIZE_CHARS = 4096  # texts up to this long are tokenized on the event loop
+
 # ChatML, for GGUF files that carry no chat template of their own.
 FALLBACK_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -441,9 +443,16 @@ class LlamaCppEngine:
             raise RuntimeError("engine is not loaded")
         return list(self._vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
+    async def _tokenize_async(self, text: str, add_bos: bool) -> list[int]:
+        # The vocabulary is read-only, so tokenizing need not wait for the scheduler. A short
+        # text takes microseconds: inline, cheaper than the hop to a worker thread and back
+        # (time to first token); a long one goes to a thread so the event loop keeps serving.
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return self._tokenize(text, add_bos)
+        return await asyncio.to_thread(self._tokenize, text, add_bos)
+
     async def tokenize(self, text: str) -> list[int]:
-        # The vocabulary is read-only, so tokenizing need not wait for the scheduler.
-        return await asyncio.to_thread(self._tokenize, text, True)
+        return await self._tokenize_async(text, True)
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
         if self._vocab is None:
@@ -460,7 +469,7 @@ class LlamaCppEngine:
             messages=[{"role": m.role, "content": m.content} for m in messages]
         ).prompt
         # The template writes the BOS token itself where the model wants one.
-        ids = await asyncio.to_thread(self._tokenize, rendered, False)
+        ids = await self._tokenize_async(rendered, False)
         return Prompt(text=rendered, token_ids=ids)
 
     # --- generation ------------------------------------------------------------------------
