@@ -53,6 +53,7 @@ class CoreConfig:
     prefill_chunk: int = 256
     prefix_cache: bool = True
     batch_invariant: bool = False
+    kv_cache_tokens: int | None = None  # the unified KV buffer; None: default_kv_cells
 
 
 def load_model(path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> Any:
@@ -94,6 +95,7 @@ def start_scheduler(
         prefill_chunk=config.prefill_chunk,
         prefix_cache=config.prefix_cache,
         batch_invariant=config.batch_invariant,
+        kv_cache_tokens=config.kv_cache_tokens,
         record=record,
         flush=flush,
     )
