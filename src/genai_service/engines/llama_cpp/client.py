@@ -293,6 +293,11 @@ class ProcessCore:
         for kind, value in records:
             self._record(kind, value)
         for req_id, item in events:
+            if item.__class__ is tuple:  # a plain text chunk (see core.py's wire protocol)
+                emit = self._inflight.get(req_id)
+                if emit is not None:
+                    emit(GenerationChunk(item[0]))
+                continue
             final = isinstance(item, str) or item.finish_reason is not None
             if final:
                 with self._lock:

@@ -9,8 +9,9 @@ The wire protocol, pickled objects over two one-way pipes:
 - API -> core: the `CoreConfig` first; then ("submit", id, token_ids, SamplingParams),
   ("cancel", id), ("stop",).
 - core -> API: ("ready", system_info, n_ctx_per_slot), ("failed", message) at start-up; then one ("step", events,
-  records, pending) per scheduler iteration, where an event is (id, GenerationChunk) or
-  (id, error message).
+  records, pending) per scheduler iteration, where an event is (id, GenerationChunk),
+  (id, (text,)) for a plain text chunk (most of them: a tuple unpickles 4x faster than the
+  dataclass), or (id, error message).
 """
 
 from __future__ import annotations
@@ -207,6 +208,9 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
             if isinstance(item, BaseException):
                 outbox.append((req_id, str(item) or type(item).__name__))
                 cancels.pop(req_id, None)
+                return
+            if item.finish_reason is None and item.logprobs is None:
+                outbox.append((req_id, (item.text,)))
                 return
             outbox.append((req_id, item))
             if item.finish_reason is not None:
