@@ -16,6 +16,7 @@ import structlog
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
+from starlette.types import Message, Send
 
 from genai_service.api.errors import APIError, engine_unavailable, error_body
 from genai_service.api.schemas import Usage
@@ -152,6 +153,21 @@ async def sse_events(generations: list[Generation], fmt: StreamFormat) -> AsyncI
             generation.close()
 
 
+class _EventSource(EventSourceResponse):
+    """sse-starlette wraps every send in an anyio cancel scope for its `send_timeout` (~4 µs
+    an event); with no timeout set, as here, the scope does nothing, so it is skipped."""
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self.send_timeout is not None:
+            await super()._send_with_timeout(send, message)
+            return
+        try:
+            await send(message)
+        except BaseException:
+            self._send_interrupted = True  # what the base class records for its cleanup
+            raise
+
+
 def sse_response(
     generations: Generation | list[Generation],
     fmt: StreamFormat,
@@ -174,7 +190,7 @@ def sse_response(
             if on_close is not None:
                 on_close()
 
-    return EventSourceResponse(
+    return _EventSource(
         events(),
         ping=15,
         # On SIGTERM (a rolling update, a scale-down) running streams finish, up to this long,
