@@ -55,7 +55,7 @@ def test_help_lists_serve_options_with_their_env_and_default() -> None:
         ("--port", "PORT", fields["port"].default),
         ("--model", "MODEL", fields["model"].default),
         ("--engine", "ENGINE", fields["engine"].default),
-        ("--threads", "N_THREADS", "all cores"),
+        ("--threads", "N_THREADS", "affinity and cgroup quota"),
         ("--ctx-size", "N_CTX", fields["n_ctx"].default),
         ("--max-concurrent", "MAX_CONCURRENT_GENERATIONS", fields["n_parallel"].default),
         ("--max-queue", "MAX_QUEUE", fields["max_queue"].default),

@@ -40,6 +40,8 @@ from typing import Any
 
 import httpx
 
+from genai_service.engines.threads import default_threads
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-service"
@@ -173,14 +175,22 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300)
 
 def start_genai(args: argparse.Namespace, log: Path, engine_process: bool = True) -> Server:
     port = free_port()
+    sized = (
+        {}
+        if getattr(args, "defaults", False)
+        else {
+            "N_PARALLEL": str(args.slots),
+            "N_CTX": str(args.ctx_per_slot),
+            "KV_CACHE_TOKENS": str(args.slots * args.ctx_per_slot),
+            "N_BATCH": str(args.batch),
+        }
+    )
     env = os.environ | {
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "MODEL": str(args.model),
         "N_THREADS": str(args.threads),
-        "N_PARALLEL": str(args.slots),
-        "N_CTX": str(args.ctx_per_slot),
-        "N_BATCH": str(args.batch),
+        **sized,
         "MAX_QUEUE": "256",
         "QUEUE_TIMEOUT": "600",
         "API_KEYS": "",
@@ -208,13 +218,17 @@ def start_llama_server(args: argparse.Namespace, binary: Path, log: Path) -> Ser
         "--port", str(port),
         "--threads", str(args.threads),
         "--threads-batch", str(args.threads),
-        "--parallel", str(args.slots),
-        "--ctx-size", str(args.slots * args.ctx_per_slot),
-        "--batch-size", str(args.batch),
-        "--ubatch-size", str(args.batch),
         "--no-webui",
         "--temp", "0",
     ]  # fmt: skip
+    if not args.defaults:  # equal slots, context per slot (one unified buffer, as ours) and batch
+        command += [
+            "--parallel", str(args.slots),
+            "--ctx-size", str(args.slots * args.ctx_per_slot),
+            "--kv-unified",
+            "--batch-size", str(args.batch),
+            "--ubatch-size", str(args.batch),
+        ]  # fmt: skip
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/health", process)
@@ -239,6 +253,8 @@ class Level:
     ttft_p95: float
     itl_p50: float
     tokens_per_s: float
+    spread: list[float] = field(default_factory=list)  # tokens/s of each round
+    errors: int = 0  # streams that failed (dropped)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -291,13 +307,17 @@ def pct(values: list[float], q: float) -> float:
 
 async def run_level(server: Server, concurrency: int, per_stream: int, max_tokens: int) -> Level:
     samples: list[Sample] = []
+    errors: list[str] = []
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
 
         async def stream(worker: int) -> None:
             for i in range(per_stream):
                 question = QUESTIONS[(worker + i * concurrency) % len(QUESTIONS)]
-                samples.append(await one_request(http, server, question, max_tokens))
+                try:
+                    samples.append(await one_request(http, server, question, max_tokens))
+                except (httpx.HTTPError, RuntimeError, json.JSONDecodeError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
 
         start = time.perf_counter()
         await asyncio.gather(*(stream(w) for w in range(concurrency)))
@@ -313,6 +333,7 @@ async def run_level(server: Server, concurrency: int, per_stream: int, max_token
         ttft_p95=pct([s.ttft for s in samples], 0.95),
         itl_p50=statistics.median(gaps) if gaps else float("nan"),
         tokens_per_s=tokens / wall,
+        errors=len(errors),
         samples=[asdict(s) for s in samples],
     )
 
@@ -335,11 +356,14 @@ async def bench_server(server: Server, args: argparse.Namespace) -> list[Level]:
 
 # --- report -----------------------------------------------------------------------------------
 def median_levels(rounds: list[list[Level]]) -> list[Level]:
-    """Per concurrency level, the round with the median tokens/s (rounds alternate servers)."""
+    """Per concurrency level, the round with the median tokens/s (rounds alternate servers);
+    `spread` keeps every round's tokens/s."""
     merged = []
     for levels in zip(*rounds, strict=True):
         ranked = sorted(levels, key=lambda lv: lv.tokens_per_s)
-        merged.append(ranked[len(ranked) // 2])
+        median = ranked[len(ranked) // 2]
+        median.spread = [round(lv.tokens_per_s, 1) for lv in levels]
+        merged.append(median)
     return merged
 
 
@@ -347,9 +371,9 @@ def table(results: dict[str, list[Level]], reference: str) -> str:
     ours, ref = results["genai-service"], results.get(reference)
     head = (
         "| streams | server | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms |"
-        " tok/s ratio | TTFT p50 ratio | ITL p50 ratio |"
+        " tok/s ratio | TTFT p50 ratio | ITL p50 ratio | tok/s per round | dropped |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for i, level in enumerate(ours):
         rows = [("genai-service", level)] + ([(reference, ref[i])] if ref else [])
         for name, lv in rows:
@@ -364,6 +388,7 @@ def table(results: dict[str, list[Level]], reference: str) -> str:
             lines.append(
                 f"| {lv.concurrency} | {name} | {lv.tokens_per_s:.1f} | {lv.ttft_p50 * 1000:.0f} |"
                 f" {lv.ttft_p95 * 1000:.0f} | {lv.itl_p50 * 1000:.1f} | {' | '.join(ratio)} |"
+                f" {' / '.join(f'{x:.0f}' for x in lv.spread)} | {lv.errors} |"
             )
     return "\n".join(lines)
 
@@ -399,7 +424,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--slots", type=int, default=None, help="default: max concurrency")
     parser.add_argument("--ctx-per-slot", type=int, default=512)
     parser.add_argument("--batch", type=int, default=512, help="n_batch for both servers")
@@ -411,6 +436,11 @@ def main() -> None:
         "(ENGINE_PROCESS=false: what the engine process costs)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="alternate the servers N times")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="each server at its own defaults (only the threads set): what users get",
+    )
     parser.add_argument("--skip-llama-server", action="store_true", help="no reference run")
     args = parser.parse_args()
     args.model = args.model or embedded_model_path()

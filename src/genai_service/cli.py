@@ -83,7 +83,11 @@ def serve(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, metavar="N", help="CPU threads [env N_THREADS; default: all cores]."),
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="CPU threads [env N_THREADS; default: the CPUs allowed by affinity and cgroup quota].",
+        ),
     ] = None,
     ctx_size: Annotated[
         int | None,
@@ -98,7 +102,7 @@ def serve(
         typer.Option(
             min=1,
             metavar="N",
-            help="Generations at once [env MAX_CONCURRENT_GENERATIONS; default: N_PARALLEL, 4].",
+            help="Generations at once [env MAX_CONCURRENT_GENERATIONS; default: N_PARALLEL, 16].",
         ),
     ] = None,
     max_queue: Annotated[

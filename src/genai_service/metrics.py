@@ -6,6 +6,8 @@ current state (queue depth, active sequences) are read from the service state at
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets in seconds, fine at the low end where CPU decode steps live.
@@ -22,6 +24,21 @@ PROMPT_TOKENS = Counter(
 )
 PREFIX_REUSED_TOKENS = Counter(
     "genai_prefix_reused_tokens", "Prompt tokens taken from the prefix cache.", ["model"]
+)
+# The engine's own step counters (llama.cpp): where a step's time goes, for profiling.
+ENGINE_STEPS = Counter("genai_engine_steps", "Batch steps run by the engine.", ["model"])
+ENGINE_STEP_SECONDS = Counter(
+    "genai_engine_step_seconds",
+    "Wall time of the engine's batch steps (building the batch, llama_decode, sampling, text).",
+    ["model"],
+)
+ENGINE_DECODE_SECONDS = Counter(
+    "genai_engine_decode_seconds",
+    "Wall time inside llama_decode (the model's forward pass).",
+    ["model"],
+)
+ENGINE_STEP_TOKENS = Counter(
+    "genai_engine_step_tokens", "Tokens sampled by the engine's batch steps.", ["model"]
 )
 TTFT = Histogram(
     "genai_time_to_first_token_seconds",
@@ -66,7 +83,17 @@ class EngineRecorder:
 
     def __init__(self, model: str) -> None:
         self._prefix = PREFIX_REUSED_TOKENS.labels(model)
+        self._steps = ENGINE_STEPS.labels(model)
+        self._step_s = ENGINE_STEP_SECONDS.labels(model)
+        self._decode_s = ENGINE_DECODE_SECONDS.labels(model)
+        self._step_tokens = ENGINE_STEP_TOKENS.labels(model)
 
-    def __call__(self, kind: str, value: float) -> None:
+    def __call__(self, kind: str, value: Any) -> None:
         if kind == "prefix_reused":
             self._prefix.inc(value)
+        elif kind == "steps":  # (steps, step seconds, decode seconds, tokens) since the last
+            steps, step_s, decode_s, tokens = value
+            self._steps.inc(steps)
+            self._step_s.inc(step_s)
+            self._decode_s.inc(decode_s)
+            self._step_tokens.inc(tokens)

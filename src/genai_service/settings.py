@@ -138,19 +138,36 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(
         None, description="Hugging Face endpoint or mirror for downloads (HF_ENDPOINT)."
     )
-    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
+    n_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads (default: the CPUs this process may use: affinity mask and cgroup "
+        "CPU quota).",
+    )
     n_ctx: int = Field(
         4096,
         ge=64,
-        description="Context window of one request (per slot); the KV cache holds "
-        "N_PARALLEL (+1 with the prefix cache) times it.",
+        description="Context window of one request (per slot): its prompt plus reply.",
     )
     n_batch: int = Field(512, ge=1, description="Tokens decoded per batch step (at most).")
     n_gpu_layers: int = Field(
         0, ge=-1, description="Layers offloaded to the GPU (-1: all); needs the CUDA image."
     )
     # --- continuous batching ---
-    n_parallel: int = Field(4, ge=1, description="Slots: sequences decoded together in one batch.")
+    n_parallel: int = Field(
+        16,
+        ge=1,
+        description="Slots: sequences decoded together in one batch. They share one KV buffer "
+        "(KV_CACHE_TOKENS), so an idle slot costs no memory.",
+    )
+    kv_cache_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="KV cache cells shared by all slots (llama.cpp; default N_PARALLEL x "
+        "N_CTX, at most max(4 x N_CTX, 16384)). A "
+        "request starts once its prompt plus max_tokens fits in the cells not promised to "
+        "running requests.",
+    )
     prefill_chunk: int = Field(
         256, ge=1, description="Prompt tokens prefilled per step while other requests decode."
     )

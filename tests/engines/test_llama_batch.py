@@ -150,3 +150,21 @@ def test_metrics_endpoint(server: RunningServer) -> None:
         f'genai_requests_total{{model="{MODEL_ID}",outcome="length"}}',
     ):
         assert name in body, name
+
+
+async def test_unified_kv_admits_what_fits_and_the_rest_waits() -> None:
+    # The default layout: one unified KV buffer. Room for two requests' prompt + reply, so
+    # the third waits for cells to free instead of running out of KV mid-reply.
+    engine = LlamaCppEngine(
+        embedded_model_path(), n_ctx=256, n_parallel=4, n_threads=1, kv_cache_tokens=256
+    )
+    await engine.load()
+    try:
+        prompts = [await engine.text_prompt(text) for text, _ in PROMPTS[:3]]
+        results = await asyncio.gather(*(collect(engine.stream(p, greedy(120))) for p in prompts))
+        for result in results:
+            assert result.text and result.finish_reason in ("stop", "length")
+        await wait_idle(engine)
+        assert engine.pending == 0
+    finally:
+        await engine.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from genai_service.engines.base import (
 )
 from genai_service.engines.onnx_export import FP32_FILE, INT8_FILE
 from genai_service.engines.text import IncrementalDetokenizer, ReplyAssembler
+from genai_service.engines.threads import default_threads
 from genai_service.engines.worker import Emit, ExecutorEngine
 from genai_service.settings import ModelSpec, Settings
 
@@ -51,7 +51,7 @@ def _session(path: Path, threads: int | None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

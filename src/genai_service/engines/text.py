@@ -62,27 +62,38 @@ class IncrementalDetokenizer:
     """Turns a growing list of token ids into text pieces, for tokenizers without byte access.
 
     Decoding token by token breaks words and multi-byte characters (byte-level BPE emits
-    U+FFFD for half a character), so the whole tail is decoded again and only the new,
-    complete text is returned.
+    U+FFFD for half a character; SentencePiece drops the space of a sequence's first word), so
+    each new token is decoded together with a short window of the tokens before it (vLLM's
+    prefix-offset scheme): the text the window gains over its prefix is the new piece, held back
+    while it ends in half a character. Each step decodes a few tokens, not the whole reply.
     """
 
     def __init__(self, decode: Callable[[list[int]], str]) -> None:
         self._decode = decode
         self._ids: list[int] = []
-        self._emitted = 0  # characters of decode(self._ids) already returned
+        self._prefix = 0  # window start: the tokens before the last emitted piece give context
+        self._read = 0  # tokens up to here are emitted
 
     def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        text = self._decode(self._ids)
-        if text.endswith("\ufffd"):
-            return ""  # wait for the rest of the character
-        piece, self._emitted = text[self._emitted :], len(text)
-        return piece
+        ids = self._ids
+        ids.append(token_id)
+        prefix_text = (
+            self._decode(ids[self._prefix : self._read]) if self._read > self._prefix else ""
+        )
+        text = self._decode(ids[self._prefix :])
+        if len(text) <= len(prefix_text) or text.endswith("\ufffd"):
+            return ""  # nothing visible yet, or half a character: wait for the rest
+        self._prefix, self._read = self._read, len(ids)
+        return text[len(prefix_text) :]
 
     def flush(self) -> str:
-        text = self._decode(self._ids)
-        piece, self._emitted = text[self._emitted :], len(text)
-        return piece
+        ids = self._ids
+        prefix_text = (
+            self._decode(ids[self._prefix : self._read]) if self._read > self._prefix else ""
+        )
+        text = self._decode(ids[self._prefix :])
+        self._prefix = self._read = len(ids)
+        return text[len(prefix_text) :]
 
 
 class Detokenizer(Protocol):

@@ -8,8 +8,10 @@ when the consumer stops early (a client that went away).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,15 +21,53 @@ from genai_service.engines.base import Cancellation, GenerationChunk, Prompt, Sa
 Emit = Callable[[GenerationChunk | BaseException], None]
 
 
+class _Inbox:
+    """Chunks from worker threads to one event loop, with one wake-up per burst.
+
+    A batch scheduler emits the next token of every stream in one step; waking the loop once
+    per token (`call_soon_threadsafe`, a write to its self-pipe each) costs more than the
+    hand-over itself. Items queue here and the first of a burst schedules the one drain.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[tuple[asyncio.Queue[Any], Any]] = collections.deque()
+        self._scheduled = False
+
+    def put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        self._items.append((queue, item))  # deque.append is atomic: safe from any thread
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # Cleared first: an item appended after this line schedules another drain.
+        self._scheduled = False
+        items = self._items
+        while items:
+            queue, item = items.popleft()
+            queue.put_nowait(item)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        inbox = _inboxes[loop] = _Inbox(loop)
+    return inbox
+
+
 async def stream_from_worker(
     start: Callable[[Emit], asyncio.Future[Any] | None], cancel: Cancellation
 ) -> AsyncIterator[GenerationChunk]:
     """`start(emit)` begins the work (on an executor or a scheduler) and returns its future."""
-    loop = asyncio.get_running_loop()
+    inbox = _inbox(asyncio.get_running_loop())
     queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
 
     def emit(item: GenerationChunk | BaseException) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        inbox.put(queue, item)
 
     future = start(emit)
     try:

@@ -342,6 +342,7 @@ class Generation:
     async def stream(self) -> AsyncIterator[GenerationChunk]:
         """The engine's chunks; the last has finish_reason and comes after `on_finish`."""
         model = self.engine.info.id
+        itl = metrics.ITL.labels(model)  # the labelled child once, not a lookup per token
         started = last_at = time.perf_counter()
         tokens = 0
         parts: list[str] = []
@@ -368,7 +369,7 @@ class Generation:
                             phase.end()
                             phase = self._phase("decode", context)
                         else:
-                            metrics.ITL.labels(model).observe(now - last_at)
+                            itl.observe(now - last_at)
                         last_at = now
                         parts.append(chunk.text)
                     self._recorder.piece(chunk)

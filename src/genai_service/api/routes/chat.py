@@ -22,7 +22,7 @@ from genai_service.api.schemas import (
     new_id,
     now,
 )
-from genai_service.api.sse import StreamFormat, sse_response, usage_of
+from genai_service.api.sse import MARKER, StreamFormat, sse_response, template, usage_of
 from genai_service.engines.base import GenerationChunk
 from genai_service.serving.generation import Generation, complete_all
 
@@ -58,12 +58,18 @@ async def chat_completions(
 
         forced = body.forces_tool_call()
         calls = [tools.ToolCallStream(callable_tools, forced) for _ in generations]
+        # A text delta without logprobs (nearly every event): pre-encoded, per choice.
+        content = [
+            template(chunk(index, ChatDelta(content=MARKER))) for index in range(len(generations))
+        ]
 
-        def delta(piece: GenerationChunk, index: int) -> ChatCompletionChunk | None:
+        def delta(piece: GenerationChunk, index: int) -> ChatCompletionChunk | bytes | None:
             stream = calls[index]
             text = stream.feed(piece.text) if callable_tools else piece.text
             if not text and not (piece.logprobs and stream.mode == "content"):
                 return None  # held back: it may be a tool call
+            if piece.logprobs is None:
+                return content[index](text)
             return chunk(index, ChatDelta(content=text), piece=piece)
 
         def final(last: GenerationChunk, _: Generation, index: int) -> list[ChatCompletionChunk]:

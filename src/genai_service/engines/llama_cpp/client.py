@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
-import os
 import signal
 import subprocess
 import sys
@@ -48,10 +47,13 @@ from genai_service.engines.base import (
 from genai_service.engines.llama_cpp import core
 from genai_service.engines.llama_cpp.core import CoreConfig, InProcessCore
 from genai_service.engines.llama_cpp.grammar import grammar_for
+from genai_service.engines.threads import default_threads
 from genai_service.engines.worker import Emit, stream_from_worker
 from genai_service.settings import ModelSpec, Settings
 
 log = structlog.get_logger(__name__)
+
+INLINE_TOKENIZE_CHARS = 4096  # texts up to this long are tokenized on the event loop
 
 # ChatML, for GGUF files that carry no chat template of their own.
 FALLBACK_TEMPLATE = (
@@ -291,6 +293,11 @@ class ProcessCore:
         for kind, value in records:
             self._record(kind, value)
         for req_id, item in events:
+            if item.__class__ is tuple:  # a plain text chunk (see core.py's wire protocol)
+                emit = self._inflight.get(req_id)
+                if emit is not None:
+                    emit(GenerationChunk(item[0]))
+                continue
             final = isinstance(item, str) or item.finish_reason is not None
             if final:
                 with self._lock:
@@ -347,15 +354,16 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         n_gpu_layers: int = 0,
-        n_parallel: int = 4,
+        n_parallel: int = 16,
         prefill_chunk: int = 256,
         prefix_cache: bool = True,
         batch_invariant: bool = False,
         engine_process: bool = True,
+        kv_cache_tokens: int | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or default_threads()  # the CPUs we may use, not the host's
         self.n_parallel = n_parallel
         self.engine_process = engine_process
         self.info = ModelInfo(
@@ -376,6 +384,7 @@ class LlamaCppEngine:
             prefill_chunk=prefill_chunk,
             prefix_cache=prefix_cache,
             batch_invariant=batch_invariant,
+            kv_cache_tokens=kv_cache_tokens,
         )
         self._vocab: Any = None
         self._formatter: Any = None
@@ -439,9 +448,16 @@ class LlamaCppEngine:
             raise RuntimeError("engine is not loaded")
         return list(self._vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
+    async def _tokenize_async(self, text: str, add_bos: bool) -> list[int]:
+        # The vocabulary is read-only, so tokenizing need not wait for the scheduler. A short
+        # text takes microseconds: inline, cheaper than the hop to a worker thread and back
+        # (time to first token); a long one goes to a thread so the event loop keeps serving.
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return self._tokenize(text, add_bos)
+        return await asyncio.to_thread(self._tokenize, text, add_bos)
+
     async def tokenize(self, text: str) -> list[int]:
-        # The vocabulary is read-only, so tokenizing need not wait for the scheduler.
-        return await asyncio.to_thread(self._tokenize, text, True)
+        return await self._tokenize_async(text, True)
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
         if self._vocab is None:
@@ -458,7 +474,7 @@ class LlamaCppEngine:
             messages=[{"role": m.role, "content": m.content} for m in messages]
         ).prompt
         # The template writes the BOS token itself where the model wants one.
-        ids = await asyncio.to_thread(self._tokenize, rendered, False)
+        ids = await self._tokenize_async(rendered, False)
         return Prompt(text=rendered, token_ids=ids)
 
     # --- generation ------------------------------------------------------------------------
@@ -508,4 +524,5 @@ def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
         prefix_cache=settings.prefix_cache,
         batch_invariant=settings.batch_invariant,
         engine_process=settings.engine_process,
+        kv_cache_tokens=settings.kv_cache_tokens,
     )

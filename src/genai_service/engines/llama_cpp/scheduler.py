@@ -6,8 +6,13 @@ prefilling, at most `prefill_chunk` tokens of them while others decode, so a lon
 prefilled in chunks and never stalls the running streams for long. Decoding is bound by memory
 bandwidth, so one step over many sequences costs little more than a step over one.
 
-- Each request owns a sequence id (its slot) with its own KV-cache region (llama.cpp stream,
-  `kv_unified=False`); finished or cancelled requests leave at once and their cells are freed
+- Each request owns a sequence id (its slot). By default every slot shares one unified KV
+  buffer of `kv_cache_tokens` cells (llama.cpp's `kv_unified`, as llama-server's automatic
+  slots): many slots cost no memory until they are used, and any one request may use up to
+  `n_ctx_per_slot`. A request is admitted once its prompt plus `max_tokens` fits in the cells
+  not promised to running requests, so the buffer never runs out mid-reply; it waits otherwise.
+  With `batch_invariant` each slot gets its own region instead (`kv_unified=False`, what the
+  invariance relies on). Finished or cancelled requests leave at once and their cells are freed
   with `llama_memory_seq_rm`. New requests join between steps.
 - Prefix reuse: an extra sequence (the prefix store) keeps the KV of the last prompt; a new
   request sharing its first tokens (a common system prompt) copies the store's region and
@@ -29,6 +34,7 @@ import ctypes
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +59,8 @@ Emit = Callable[[GenerationChunk | BaseException], None]
 Record = Callable[[str, Any], None]
 
 _INVARIANT_CHUNK = 62  # prompt tokens per step; llama.cpp tiles attention from 64 rows on
+_KV_CELLS_CAP = 16384  # default unified KV cells beyond 4 x N_CTX (see default_kv_cells)
+_COUNTERS_EVERY = 64  # steps between two records of the step counters
 
 
 @dataclass(eq=False)
@@ -67,6 +75,7 @@ class _Request:
     sampler: Any = None
     generated: int = 0
     budget: int = 0
+    reserved: int = 0  # KV cells promised to it (unified buffer)
     stops: StopDetector | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
@@ -74,6 +83,12 @@ class _Request:
     @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.tokens)
+
+
+def default_kv_cells(n_ctx_per_slot: int, n_parallel: int) -> int:
+    """Room for every slot's full context, but no more than max(4 x N_CTX, 16384) cells: the
+    memory of the old 4-slot default, whatever N_PARALLEL is (16 slots of 4096 share 16384)."""
+    return min(n_parallel * n_ctx_per_slot, max(4 * n_ctx_per_slot, _KV_CELLS_CAP))
 
 
 class BatchScheduler:
@@ -91,6 +106,7 @@ class BatchScheduler:
         prefill_chunk: int,
         prefix_cache: bool,
         batch_invariant: bool = False,
+        kv_cache_tokens: int | None = None,
         record: Record | None = None,
         flush: Callable[[], None] | None = None,
     ) -> None:
@@ -120,25 +136,36 @@ class BatchScheduler:
         self._store: list[int] = []
         n_seq = n_parallel + 2
 
+        self.unified = not batch_invariant
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_per_slot * n_seq
+        if self.unified:
+            params.n_ctx = max(
+                kv_cache_tokens or default_kv_cells(n_ctx_per_slot, n_parallel), n_ctx_per_slot
+            )
+        else:
+            params.n_ctx = n_ctx_per_slot * n_seq
         params.n_batch = self.step_tokens + 1  # + the scratch row
         params.n_ubatch = params.n_batch if batch_invariant else min(512, params.n_batch)
         params.n_seq_max = n_seq
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.kv_unified = False  # one KV region per sequence
+        params.kv_unified = self.unified
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model.model, params)
         if ctx is None:
             raise RuntimeError("llama.cpp could not create a context")
         self._ctx = ctx
         self.n_ctx_per_slot = min(n_ctx_per_slot, llama_cpp.llama_n_ctx_seq(ctx))
+        self.kv_cells = llama_cpp.llama_n_ctx(ctx)
+        self._reserved = 0  # KV cells promised to running requests (unified buffer)
+        self._held: _Request | None = None  # admitted next, once its KV cells are free
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self._n = 0
         self._piece = ctypes.create_string_buffer(256)
         self._prefill_turn = False
+        # The engine's own counters (steps, step s, decode s, tokens), recorded every few steps.
+        self._counters = [0, 0.0, 0.0, 0]
 
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._free_seqs = list(range(n_parallel - 1, -1, -1))
@@ -183,7 +210,13 @@ class BatchScheduler:
                     return
                 self._drop_cancelled()
                 if self._running:
+                    started = time.perf_counter()
                     self._step()
+                    counters = self._counters
+                    counters[0] += 1
+                    counters[1] += time.perf_counter() - started
+                    if counters[0] >= _COUNTERS_EVERY:
+                        self._record_counters()
                 self._flush()
         except BaseException as exc:  # a bug here must not hang every waiting client
             log.exception("batch_scheduler_failed")
@@ -191,6 +224,9 @@ class BatchScheduler:
             for req in self._running:
                 req.emit(exc)
             self._running.clear()
+            if self._held is not None:
+                self._held.emit(exc)
+                self._held = None
             while True:
                 try:
                     item = self._incoming.get_nowait()
@@ -204,13 +240,20 @@ class BatchScheduler:
         """Take new requests while slots are free; block only when nothing runs."""
         while self._free_seqs:
             if not self._running:
+                self._record_counters()
                 self._flush()  # about to block: what was just emitted must go out first
-            try:
-                item = self._incoming.get(block=not self._running)
-            except queue.Empty:
+            if self._held is not None:
+                item, self._held = self._held, None
+            else:
+                try:
+                    item = self._incoming.get(block=not self._running)
+                except queue.Empty:
+                    return True
+                if item is None:
+                    return False
+            if not item.cancel.cancelled and not self._fits(item):
+                self._held = item  # waits (first in line) until running requests free cells
                 return True
-            if item is None:
-                return False
             with self._lock:
                 self.pending -= 1
             if item.cancel.cancelled:
@@ -221,6 +264,18 @@ class BatchScheduler:
                 item.emit(exc)
         return True
 
+    def _fits(self, req: _Request) -> bool:
+        """Whether its prompt and whole reply fit in the unified buffer's unpromised cells."""
+        if not self.unified or not self._running:
+            return True
+        need = len(req.tokens) + min(req.params.max_tokens, self.n_ctx_per_slot)
+        return self._reserved + len(self._store) + need <= self.kv_cells
+
+    def _record_counters(self) -> None:
+        if self._counters[0]:
+            self._record("steps", tuple(self._counters))
+            self._counters = [0, 0.0, 0.0, 0]
+
     def _start(self, req: _Request) -> None:
         lc = self._lc
         params = req.params
@@ -230,17 +285,30 @@ class BatchScheduler:
             self._finish(req, "length")
             return
         req.sampler = self._make_sampler(params)  # may raise (a bad grammar): before the slot
+        if self.unified and self._reserved + len(self._store) + len(req.tokens) + req.budget > (
+            self.kv_cells
+        ):
+            self._drop_store()  # alone in the buffer, or the store would crowd it out
         req.seq = self._free_seqs.pop()
+        req.reserved = len(req.tokens) + req.budget
+        self._reserved += req.reserved
         self._running.append(req)
         # Reuse the stored prefix; at least one prompt token is decoded to get logits.
         if self.prefix_cache and self._store:
             n = _common_prefix(self._store, req.tokens, len(req.tokens) - 1)
             if n > 0:
-                # Regions are separate buffers: copy the whole store, then cut its tail.
+                # Copy the whole store (unified: shares its cells), then cut its tail.
                 lc.llama_memory_seq_cp(self._mem, self._store_seq, req.seq, -1, -1)
                 lc.llama_memory_seq_rm(self._mem, req.seq, n, -1)
                 req.n_past = n
                 self._record("prefix_reused", n)
+            if self.unified and n < len(self._store):
+                # Unified cells are shared, not copied: free the store's unshared tail now, so
+                # this prompt's new cells follow its shared ones in the buffer instead of filling
+                # that hole later. Attention visits cells in buffer order; the same order as a
+                # fresh prompt keeps a greedy reply the same (same seed, same text).
+                lc.llama_memory_seq_rm(self._mem, self._store_seq, n, -1)
+                self._store = self._store[:n]
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         lc = self._lc
@@ -280,6 +348,13 @@ class BatchScheduler:
         if req.sampler is not None:
             self._lc.llama_sampler_free(req.sampler)
             req.sampler = None
+        self._reserved -= req.reserved
+        req.reserved = 0
+
+    def _drop_store(self) -> None:
+        if self._store:
+            self._lc.llama_memory_seq_rm(self._mem, self._store_seq, -1, -1)
+            self._store = []
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         batch, n = self._batch, self._n
@@ -372,7 +447,10 @@ class BatchScheduler:
             spare = min([*self._free_seqs, self._scratch_seq], key=lambda s: abs(s - scratch))
             self._add(0, 0, spare, True)
         self._batch.n_tokens = self._n
+        started = time.perf_counter()
         rc = lc.llama_decode(self._ctx, self._batch)
+        self._counters[2] += time.perf_counter() - started
+        self._counters[3] += len(outputs)
         if spare >= 0:
             lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
         if rc != 0:
@@ -396,8 +474,14 @@ class BatchScheduler:
         if req.tokens[: len(self._store)] == self._store and len(req.tokens) <= len(self._store):
             return
         lc = self._lc
+        lc.llama_memory_seq_rm(self._mem, self._store_seq, -1, -1)
         lc.llama_memory_seq_cp(self._mem, req.seq, self._store_seq, -1, -1)
         self._store = list(req.tokens)
+        if self.unified:
+            # The last prompt token is never reused (its logits are needed), and the cell it
+            # keeps would make the same prompt's next copy decode it out of buffer order.
+            lc.llama_memory_seq_rm(self._mem, self._store_seq, len(self._store) - 1, -1)
+            self._store.pop()
 
     def _on_token(self, req: _Request, token: int, idx: int) -> None:
         lc = self._lc

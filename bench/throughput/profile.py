@@ -1,0 +1,246 @@
+"""Where a generated token's time goes: CPU time per token of the API and engine processes.
+
+Starts genai-service (the llama.cpp engine in its own process) and streams greedy chats at each
+concurrency level, as `bench.py` does. Around every level it reads, from /proc, the CPU time
+(user + system) of the API process and of the engine process, and from /metrics the engine's own
+step counters (time in `llama_decode` against the whole step). CPU time is what a shared machine
+does not distort much: wall-clock numbers move with the neighbours' load, CPU time per token
+mostly does not. Optionally `--py-spy DIR` samples both processes with py-spy in a second pass
+(py-spy's own cost would skew the first) and writes flame graphs and the top functions.
+
+    .venv/bin/python bench/throughput/profile.py --concurrency 1 8 --max-tokens 128
+
+Python overhead per token = API process CPU + (engine CPU - CPU inside llama_decode), per
+generated token. With n threads, llama_decode's CPU is counted as `decode wall x threads`
+minus nothing: ggml's workers spin between graphs, which /proc counts as llama_decode's too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+COUNTERS = (
+    "genai_engine_steps_total",
+    "genai_engine_step_seconds_total",
+    "genai_engine_decode_seconds_total",
+    "genai_engine_step_tokens_total",
+)
+
+
+def cpu_seconds(pid: int, user_only: bool = False) -> float:
+    """utime + stime (or utime only) of a process, all its threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + (0 if user_only else int(fields[12]))) / CLK_TCK
+
+
+def engine_pid(api_pid: int) -> int:
+    # Started from a worker thread: each thread of the API process has its own children list.
+    children = [
+        c
+        for task in Path(f"/proc/{api_pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"genai_service.engines.llama_cpp" in cmdline:
+            return int(child)
+    raise RuntimeError("no engine process found")
+
+
+def counters(base_url: str) -> dict[str, float]:
+    text = httpx.get(f"{base_url}/metrics").text
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for name in COUNTERS:
+        for match in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M):
+            out[name] += float(match.group(1))
+    return out
+
+
+def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    api, eng = server.process.pid, engine_pid(server.process.pid)
+    before = (
+        cpu_seconds(api),
+        cpu_seconds(eng),
+        counters(server.base_url),
+        time.perf_counter(),
+        cpu_seconds(api, user_only=True),
+    )
+    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
+    after = (
+        cpu_seconds(api),
+        cpu_seconds(eng),
+        counters(server.base_url),
+        time.perf_counter(),
+        cpu_seconds(api, user_only=True),
+    )
+    tokens = level.tokens
+    delta = {k: after[2][k] - before[2][k] for k in COUNTERS}
+    steps = delta["genai_engine_steps_total"] or 1
+    us = 1e6 / tokens
+    api_cpu = after[0] - before[0]
+    api_user = after[4] - before[4]
+    engine_cpu = after[1] - before[1]
+    decode_wall = delta["genai_engine_decode_seconds_total"]
+    step_wall = delta["genai_engine_step_seconds_total"]
+    row = {
+        "concurrency": concurrency,
+        "tokens": tokens,
+        "tok_s": level.tokens_per_s,
+        "wall_us_per_token": (after[3] - before[3]) * us,
+        "api_cpu_us_per_token": api_cpu * us,
+        "api_user_us_per_token": api_user * us,
+        "engine_cpu_us_per_token": engine_cpu * us,
+        "decode_wall_us_per_token": decode_wall * us,
+        "step_python_us_per_token": (step_wall - decode_wall) * us,
+        "engine_loop_wall_us_per_token": step_wall * us,
+        "tokens_per_step": delta["genai_engine_step_tokens_total"] / steps,
+        "decode_ms_per_step": decode_wall / steps * 1000,
+        "ttft_p50_ms": level.ttft_p50 * 1000,
+    }
+    # Python around each token: the API process, plus the step's Python work (outside decode).
+    row["python_us_per_token"] = row["api_cpu_us_per_token"] + row["step_python_us_per_token"]
+    return row
+
+
+def py_spy(server: bench.Server, concurrency: int, args: argparse.Namespace, out: Path) -> None:
+    """Sample both processes during one more run of the level; flame graphs + top functions."""
+    api, eng = server.process.pid, engine_pid(server.process.pid)
+    out.mkdir(parents=True, exist_ok=True)
+    recorders = []
+    for name, pid in (("api", api), ("engine", eng)):
+        raw = out / f"{name}-c{concurrency}.txt"
+        recorders.append(
+            (
+                name,
+                raw,
+                subprocess.Popen(
+                    [
+                        *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)),
+                        *("--rate", "250", "--format", "raw", "--output", str(raw)),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
+        )
+    time.sleep(1)
+    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
+    for _, _, proc in recorders:
+        proc.send_signal(2)
+        proc.wait(30)
+    for name, raw, _ in recorders:
+        print(f"\n--- py-spy {name} c={concurrency}: top self (leaf) and inclusive frames ---")
+        print(top_functions(raw))
+
+
+def top_functions(raw: Path, n: int = 18) -> str:
+    leaf: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    if not raw.exists():
+        return "(no samples)"
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        k = int(count)
+        total += k
+        frames = stack.split(";")
+        leaf[_short(frames[-1])] += k
+        for frame in {_short(f) for f in frames}:
+            inclusive[frame] += k
+    lines = [f"{total} samples"]
+    lines += [f"  self {c / total:6.1%}  {f}" for f, c in leaf.most_common(n)]
+    lines += [f"  incl {c / total:6.1%}  {f}" for f, c in inclusive.most_common(n)]
+    return "\n".join(lines)
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/module.py:123)" -> "func (module.py:123)"
+    return re.sub(r"\(([^()]*/)?([^/()]+)\)$", r"(\2)", frame.strip())
+
+
+def main() -> None:
+    from genai_service.model_store import embedded_model_path
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument("--ctx-per-slot", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--py-spy", type=Path, default=None, help="also sample with py-spy")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.model = args.model or embedded_model_path()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"genai-profile-{os.getpid()}.log"
+    server = bench.start_genai(args, log)
+    rows = []
+    try:
+        asyncio.run(_warm(server))
+        api, eng = server.process.pid, engine_pid(server.process.pid)
+        before = cpu_seconds(api), cpu_seconds(eng)
+        time.sleep(5)
+        idle = {
+            "api_idle_cpu_pct": (cpu_seconds(api) - before[0]) / 5 * 100,
+            "engine_idle_cpu_pct": (cpu_seconds(eng) - before[1]) / 5 * 100,
+        }
+        print(json.dumps(idle), flush=True)
+        for c in args.concurrency:
+            rows.append(measure(server, c, args))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.py_spy:
+            for c in args.concurrency:
+                py_spy(server, c, args, args.py_spy)
+    finally:
+        server.stop()
+    print("\n" + table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+async def _warm(server: bench.Server) -> None:
+    async with httpx.AsyncClient(timeout=600) as http:
+        await bench.one_request(http, server, bench.QUESTIONS[0], 8)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| streams | tok/s | wall µs/tok | API CPU µs/tok | engine CPU µs/tok | llama_decode wall "
+        "µs/tok | step Python µs/tok | Python µs/tok (API + step) | tokens/step |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['concurrency']} | {r['tok_s']:.1f} | {r['wall_us_per_token']:.0f} |"
+            f" {r['api_cpu_us_per_token']:.0f} | {r['engine_cpu_us_per_token']:.0f} |"
+            f" {r['decode_wall_us_per_token']:.0f} | {r['step_python_us_per_token']:.0f} |"
+            f" {r['python_us_per_token']:.0f} | {r['tokens_per_step']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
