@@ -154,8 +154,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The Ray driver leaves process-wide state behind (it patches builtins.print, and later
-    # servers' log lines then fail on a closed capture stream): its tests run last.
+    # The Ray driver changes process-wide state (its tqdm patch of builtins.print, undone by
+    # RAY_TQDM_PATCH_PRINT=0 and test_ray's teardown; a driver connection): its tests run
+    # last, so whatever it leaves behind cannot reach another test.
     items.sort(key=lambda item: item.nodeid.startswith("tests/deploy/test_ray.py"))
 
 
