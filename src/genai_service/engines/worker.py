@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +27,21 @@ class _Inbox:
 
     A batch scheduler emits the next token of every stream in one step; waking the loop once
     per token (`call_soon_threadsafe`, a write to its self-pipe each) costs more than the
-    hand-over itself. Items queue here and the first of a burst schedules the one drain.
+    hand-over itself. Items queue here and the first of a burst schedules the one drain. On
+    the loop's own thread (the llama.cpp engine process's pipe is read there) an item goes
+    straight to its queue, unless items from other threads wait before it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident()  # created on the loop (stream_from_worker)
         self._items: collections.deque[tuple[asyncio.Queue[Any], Any]] = collections.deque()
         self._scheduled = False
 
     def put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        if not self._items and threading.get_ident() == self._loop_thread:
+            queue.put_nowait(item)
+            return
         self._items.append((queue, item))  # deque.append is atomic: safe from any thread
         if not self._scheduled:
             self._scheduled = True

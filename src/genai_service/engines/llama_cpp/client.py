@@ -7,7 +7,9 @@ weights and the batch scheduler:
 - `ProcessCore` (default, ENGINE_PROCESS=true): the core runs in a child process, as vLLM's
   EngineCore and Ollama's runner do. A native fault there (SIGSEGV, SIGILL, OOM kill) ends every
   in-flight request with a clean error, readiness turns 503 with the reason, and a supervisor
-  thread restarts the process with backoff; the API process never goes down with it.
+  thread restarts the process with backoff; the API process never goes down with it. The event
+  loop reads the process's pipe itself (`add_reader`): a step's tokens reach their streams
+  without a thread wake-up and a GIL hand-over in between.
 - `InProcessCore` (ENGINE_PROCESS=false): the same scheduler on a thread of this process.
 
 Tokens travel back in one message per scheduler step; the event loop only awaits results.
@@ -142,9 +144,16 @@ class ProcessCore:
     BACKOFF_MAX = 30.0
     STABLE_AFTER = 60.0  # a process that lived this long resets the backoff
 
-    def __init__(self, config: CoreConfig, record: metrics.EngineRecorder) -> None:
+    def __init__(
+        self,
+        config: CoreConfig,
+        record: metrics.EngineRecorder,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self._config = config
         self._record = record
+        self._loop = loop  # reads the events pipe: the loop that submitted last
+        self._reading = threading.Lock()  # one reader at a time while the pipe changes loops
         self._lock = threading.Lock()
         self._inflight: dict[int, Emit] = {}
         self._ids = itertools.count()
@@ -154,6 +163,7 @@ class ProcessCore:
         self._started_at = 0.0
         self._backoff = self.BACKOFF_START
         self._closing = threading.Event()
+        self._eof = threading.Event()  # the events pipe ended: the process died (or stopped)
         self._supervisor: threading.Thread | None = None
         self.unavailable: str | None = "starting"
         self.n_ctx_per_slot = config.n_ctx
@@ -182,6 +192,9 @@ class ProcessCore:
     def submit(
         self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
     ) -> int:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._follow(loop)
         with self._lock:
             if self.unavailable is not None or self._commands is None:
                 raise EngineUnavailable(self._unavailable_message())
@@ -205,6 +218,7 @@ class ProcessCore:
 
     def close(self) -> None:
         self._closing.set()
+        self._eof.set()  # wakes the supervisor
         with self._lock:
             commands, process = self._commands, self._process
             inflight, self._inflight = self._inflight, {}
@@ -252,18 +266,48 @@ class ProcessCore:
         _, self.system_info, self.n_ctx_per_slot = message
         with self._lock:
             self._process, self._commands, self._events = process, commands_w, events_r
+        self._eof.clear()
+        # A closed loop: the next submit's loop takes the pipe (_follow).
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._loop.add_reader, events_r.fileno(), self._read)
         self._started_at = time.monotonic()
         log.info("engine_process_ready", model=self._config.model_id, pid=process.pid)
 
+    def _follow(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the events pipe on `loop` from now on (an engine used from another event loop
+        than the one it was loaded on, as tests and scripts do); the old loop lets go."""
+        self._loop = loop
+        events = self._events
+        if events is not None:
+            # The old loop's reader removes itself when it next fires (see _read).
+            loop.add_reader(events.fileno(), self._read)
+
+    def _read(self) -> None:
+        """On the event loop, when the events pipe is readable: dispatch what has arrived."""
+        events = self._events
+        if events is None:
+            return
+        running = asyncio.get_running_loop()
+        if running is not self._loop:
+            running.remove_reader(events.fileno())  # the pipe moved to another loop (_follow)
+            return
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            # A few messages at most, then back to the loop's other work.
+            for _ in range(16):
+                self._dispatch(events.recv())
+                if not events.poll():
+                    return
+        except (EOFError, OSError):
+            self._loop.remove_reader(events.fileno())
+            self._eof.set()
+        finally:
+            self._reading.release()
+
     def _supervise(self) -> None:
         while not self._closing.is_set():
-            events = self._events
-            assert events is not None
-            try:
-                while True:
-                    self._dispatch(events.recv())
-            except (EOFError, OSError):
-                pass
+            self._eof.wait()
             if self._closing.is_set():
                 return
             self._on_death()
@@ -410,7 +454,7 @@ class LlamaCppEngine:
         await asyncio.to_thread(self._load_vocab)
         record = metrics.EngineRecorder(self.info.id)
         engine_core: Core = (
-            ProcessCore(self.config, record)
+            ProcessCore(self.config, record, asyncio.get_running_loop())
             if self.engine_process
             else InProcessCore(self.config, record)
         )
