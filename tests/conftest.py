@@ -43,6 +43,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:
+    """Poll `condition` until it returns something truthy, and return that; fail after
+    `timeout` seconds. The one polling helper of the suite (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_ready(
+    base: str, process: subprocess.Popen[Any], timeout: float, log: Path | None = None
+) -> None:
+    """Until `base`/health/ready answers 200; fails at once if the server `process` exits
+    (with the end of its `log`, when it writes one)."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise AssertionError(f"the server exited ({process.returncode}) before ready\n{tail}")
+        try:
+            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout, f"{base} to be ready")
+
+
 @dataclass
 class RunningServer:
     app: FastAPI

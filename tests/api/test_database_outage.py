@@ -10,7 +10,7 @@ import pytest
 
 from genai_service.storage.pgcluster import PgCluster
 from tests.api.test_usage import wait_for_records
-from tests.conftest import MODEL_ID, run_server
+from tests.conftest import MODEL_ID, run_server, wait_for
 from tests.postgres import KEY_A
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
@@ -30,14 +30,6 @@ def cluster(pg_cluster: PgCluster | None) -> Iterator[PgCluster]:
         yield own
     finally:
         own.destroy()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.2)
 
 
 def test_database_outage_and_recovery(cluster: PgCluster) -> None:
@@ -94,7 +86,7 @@ def test_database_outage_and_recovery(cluster: PgCluster) -> None:
             server.state.settings.completions_without_database = True
 
         cluster.start()
-        wait_until(lambda: http.get("/health/ready").json()["status"] == "ok")
+        wait_for(lambda: http.get("/health/ready").json()["status"] == "ok")
         again = http.post(
             f"/v1/conversations/{conv['id']}/messages",
             json={"content": "back?", "max_tokens": 2},
@@ -124,5 +116,5 @@ def test_postgres_waits_for_db_upgrade(pg_databases: Callable[[], str]) -> None:
         assert "genai-service db upgrade" in refused.json()["error"]["message"]
 
         assert CliRunner().invoke(cli, ["db", "upgrade", "--database-url", url]).exit_code == 0
-        wait_until(lambda: http.get("/health/ready").json()["status"] == "ok")
+        wait_for(lambda: http.get("/health/ready").json()["status"] == "ok")
         assert http.post("/v1/conversations", json={}).status_code == 200

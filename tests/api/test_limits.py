@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID, RunningServer, run_server
+from tests.conftest import MODEL_ID, RunningServer, run_server, wait_for
 
 LONG = [{"role": "user", "content": "Write a very long story about the history of the world."}]
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture(scope="module")

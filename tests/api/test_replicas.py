@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from genai_service.storage import migrate
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 from tests.postgres import run_async
 
 REPLICAS = 3
@@ -57,17 +57,8 @@ def replicas(pg_databases: Callable[[], str], tmp_path: Path) -> Iterator[list[s
                 stderr=subprocess.STDOUT,
             )
             servers.append((process, f"http://127.0.0.1:{port}"))
-        deadline = time.monotonic() + 180
-        for process, base in servers:
-            while True:
-                try:
-                    if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None, (tmp_path / "replica0.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "replica not ready"
-                time.sleep(0.2)
+        for i, (process, base) in enumerate(servers):
+            wait_ready(base, process, 180, tmp_path / f"replica{i}.log")
         yield [base for _, base in servers]
     finally:
         for process, _ in servers:

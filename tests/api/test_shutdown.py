@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 STREAMS = 4
 
@@ -47,15 +47,7 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_ready(base, server, 120)
 
         endings: list[list[str]] = [[] for _ in range(STREAMS)]
         started = [threading.Event() for _ in range(STREAMS)]

@@ -32,7 +32,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import MODEL_ID, free_port
+from tests.conftest import MODEL_ID, free_port, wait_for
 from tests.deploy.conftest import DEPLOY
 
 ray = pytest.importorskip("ray", reason="the ray extra (ray[serve]) is not installed")
@@ -91,16 +91,6 @@ def sized_config(port: int, data_dir: str) -> dict[str, Any]:
         metrics_interval_s=0.5,
     )
     return config
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def app_status() -> Any:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 
 from genai_service.engines.llama_cpp import LlamaCppEngine
 from genai_service.engines.llama_cpp.client import ProcessCore, describe_exit
-from tests.conftest import MODEL_ID, RunningServer, run_server
+from tests.conftest import MODEL_ID, RunningServer, run_server, wait_for
 
 STREAMS = 8
 
@@ -80,14 +79,6 @@ class Stream(threading.Thread):
         self.started.set()
 
 
-def wait_for(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.005)
-
-
 def stored_messages(http: httpx.Client, conversation_id: str) -> list[dict[str, Any]]:
     listed = http.get(f"/v1/conversations/{conversation_id}/messages")
     assert listed.status_code == 200, listed.text
@@ -142,7 +133,7 @@ def test_crash_mid_stream_is_contained(crash_server: RunningServer, sig: signal.
         if refused.status_code == 503:
             assert refused.json()["error"]["code"] == "engine_unavailable"
 
-        wait_for(lambda: http.get("/health/ready").status_code == 200)
+        wait_for(lambda: http.get("/health/ready").status_code == 200, 60, "ready again")
         assert core.pid != old_pid and core.crashes == crashes + 1
         answer = http.post("/v1/chat/completions", json={**chat, "stream": False})
         assert answer.status_code == 200, answer.text

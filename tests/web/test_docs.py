@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import RunningServer, run_server
-from tests.web.conftest import requested_urls, wait
+from tests.conftest import wait_for as wait
+from tests.web.conftest import requested_urls
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from genai_service import metrics
 from genai_service.api.routes.playground import CONTENT_SECURITY_POLICY
 from genai_service.app import create_app
 from tests.conftest import MODEL_ID, RunningServer, make_settings, run_server
-from tests.web.conftest import wait as _wait
+from tests.conftest import wait_for as _wait
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "playground.png"
