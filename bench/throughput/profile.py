@@ -74,22 +74,20 @@ def counters(base_url: str) -> dict[str, float]:
 
 def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     api, eng = server.process.pid, engine_pid(server.process.pid)
-    before = (
-        cpu_seconds(api),
-        cpu_seconds(eng),
-        counters(server.base_url),
-        time.perf_counter(),
-        cpu_seconds(api, user_only=True),
-    )
+
+    def snapshot() -> tuple[Any, ...]:
+        return (
+            cpu_seconds(api),
+            cpu_seconds(eng),
+            counters(server.base_url),
+            time.perf_counter(),
+            cpu_seconds(api, user_only=True),
+        )
+
+    before = snapshot()
     per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
     level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
-    after = (
-        cpu_seconds(api),
-        cpu_seconds(eng),
-        counters(server.base_url),
-        time.perf_counter(),
-        cpu_seconds(api, user_only=True),
-    )
+    after = snapshot()
     tokens = level.tokens
     delta = {k: after[2][k] - before[2][k] for k in COUNTERS}
     steps = delta["genai_engine_steps_total"] or 1
