@@ -138,9 +138,16 @@ def start_and_deploy() -> Iterator[Deployed]:
         builtins.print = print_before  # what Ray patched, back for any later test
 
 
+# Serve's per-request bound (its proxy answers 408 past it). A request caught at the instant a
+# replica is killed is, rarely, never told by Serve's proxy (a race in Ray, not the service);
+# this turns that into a prompt 408 instead of a hang (deploy/ray/README.md).
+REQUEST_TIMEOUT = {"x-request-timeout-seconds": "20"}
+
+
 def chat(client: httpx.Client, content: str, **extra: Any) -> httpx.Response:
     return client.post(
         "/v1/chat/completions",
+        headers=REQUEST_TIMEOUT,
         json={
             "model": MODEL_ID,
             "messages": [{"role": "user", "content": content}],
@@ -287,11 +294,14 @@ def test_killing_a_replica_mid_load_fails_only_its_running_requests(deployed: De
         f"\n{len(load.outcomes)} requests, {len(after_kill)} sent after the kill, "
         f"{len(failed)} failed: {[(o.status, o.error[:120]) for o in failed]}"
     )
-    # Only requests already running on the killed replica may fail, and they fail at once with
-    # a server error (no hang, no timeout); every request sent after the kill is answered.
+    # Only requests already running on the killed replica may fail: with a server error, or
+    # (Serve's race above) its 408 at the request's bound, never a hang; every request sent
+    # after the kill is answered.
     for outcome in failed:
         assert outcome.started < killed_at, outcome
-        assert outcome.status is not None and outcome.status >= 500, outcome
+        assert outcome.status is not None and (outcome.status >= 500 or outcome.status == 408), (
+            outcome
+        )
     assert len(failed) <= load.clients
     assert after_kill and all(o.status == 200 for o in after_kill)
     survivor = (before - {victim}).pop()
