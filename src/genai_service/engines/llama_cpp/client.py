@@ -22,7 +22,10 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
+import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -63,6 +66,47 @@ FALLBACK_TEMPLATE = (
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+class FrameReader:
+    """Messages of a `multiprocessing` pipe, read in one `os.read` per readable event.
+
+    `Connection.recv` costs two reads per message (its length, then the body) and the loop a
+    third call (`poll`) to learn whether another waits; here whatever has arrived is read at
+    once and split on the same framing (a 4-byte big-endian length, or -1 and an 8-byte length
+    for a body over 2 GiB), and a partial message waits for the next read.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+
+    def read(self) -> list[Any]:
+        """The messages complete so far; raises EOFError at the pipe's end."""
+        data = os.read(self.fd, self.CHUNK)
+        if not data:
+            raise EOFError
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        start, end = 0, len(buffer)
+        with memoryview(buffer) as view:  # released before the buffer is trimmed
+            while end - start >= 4:
+                (size,) = struct.unpack_from("!i", view, start)
+                head = 4
+                if size == -1:
+                    if end - start < 12:
+                        break
+                    (size,) = struct.unpack_from("!Q", view, start + 4)
+                    head = 12
+                if end - start < head + size:
+                    break
+                messages.append(pickle.loads(view[start + head : start + head + size]))
+                start += head + size
+        del buffer[:start]
+        return messages
 
 
 class Core(Protocol):
@@ -160,6 +204,7 @@ class ProcessCore:
         self._process: Any = None
         self._commands: Connection | None = None
         self._events: Connection | None = None
+        self._frames: FrameReader | None = None  # the events pipe, read by the loop
         self._started_at = 0.0
         self._backoff = self.BACKOFF_START
         self._closing = threading.Event()
@@ -266,6 +311,7 @@ class ProcessCore:
         _, self.system_info, self.n_ctx_per_slot = message
         with self._lock:
             self._process, self._commands, self._events = process, commands_w, events_r
+            self._frames = FrameReader(events_r.fileno())
         self._eof.clear()
         # A closed loop: the next submit's loop takes the pipe (_follow).
         with contextlib.suppress(RuntimeError):
@@ -291,14 +337,13 @@ class ProcessCore:
         if running is not self._loop:
             running.remove_reader(events.fileno())  # the pipe moved to another loop (_follow)
             return
-        if not self._reading.acquire(blocking=False):
+        frames = self._frames
+        if frames is None or not self._reading.acquire(blocking=False):
             return
         try:
-            # A few messages at most, then back to the loop's other work.
-            for _ in range(16):
-                self._dispatch(events.recv())
-                if not events.poll():
-                    return
+            # What has arrived (up to 64 KiB); the loop calls again while more waits.
+            for message in frames.read():
+                self._dispatch(message)
         except (EOFError, OSError):
             self._loop.remove_reader(events.fileno())
             self._eof.set()
@@ -362,7 +407,7 @@ class ProcessCore:
             for conn in (self._commands, self._events):
                 if conn is not None:
                     conn.close()
-            self._commands = self._events = None
+            self._commands = self._events = self._frames = None
             self.pending = 0
         self.crashes += 1
         model = self._config.model_id
