@@ -10,6 +10,11 @@ mostly does not. Optionally `--py-spy DIR` samples both processes with py-spy in
 
     .venv/bin/python bench/throughput/profile.py --concurrency 1 8 --max-tokens 128
 
+`--reference` then runs `llama-server` (the same build, GGUF, threads, slots and batch) through
+the same levels and reads its process's CPU per token the same way: its decode, sampling and
+HTTP work in C++. Our CPU per token minus its CPU per token is what the Python path costs over
+C++ for the same tokens, whatever the machine's syscall and cache costs (both pay those).
+
 Python overhead per token = API process CPU + (engine CPU - CPU inside llama_decode), per
 generated token. With n threads, llama_decode's CPU is counted as `decode wall x threads`
 minus nothing: ggml's workers spin between graphs, which /proc counts as llama_decode's too.
@@ -26,6 +31,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +123,57 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
     return row
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of a process, in seconds."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def measure_reference(
+    server: bench.Server, concurrency: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """llama-server's CPU per token at one level: the whole process, its main thread (the
+    decode loop: batch, `llama_decode`, sampling; with one thread the whole graph too) and the
+    rest (HTTP threads, and ggml's workers when threads > 1)."""
+    pid = server.process.pid
+    before, started = thread_cpu(pid), time.perf_counter()
+    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
+    after, ended = thread_cpu(pid), time.perf_counter()
+    us = 1e6 / level.tokens
+    delta = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    return {
+        "concurrency": concurrency,
+        "tokens": level.tokens,
+        "tok_s": level.tokens_per_s,
+        "wall_us_per_token": (ended - started) * us,
+        "cpu_us_per_token": sum(delta.values()) * us,
+        "main_thread_us_per_token": delta.get(pid, 0.0) * us,
+        "other_threads_us_per_token": (sum(delta.values()) - delta.get(pid, 0.0)) * us,
+        "ttft_p50_ms": level.ttft_p50 * 1000,
+    }
+
+
+def reference_table(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> str:
+    head = (
+        "| streams | ours tok/s | llama-server tok/s | ours CPU µs/tok (API + engine) | "
+        "llama-server CPU µs/tok (main thread + others) | ours - llama-server µs/tok |"
+    )
+    lines = [head, "|" + "---|" * 6]
+    for o, t in zip(ours, theirs, strict=True):
+        total = o["api_cpu_us_per_token"] + o["engine_cpu_us_per_token"]
+        lines.append(
+            f"| {o['concurrency']} | {o['tok_s']:.1f} | {t['tok_s']:.1f} |"
+            f" {total:.0f} ({o['api_cpu_us_per_token']:.0f} + {o['engine_cpu_us_per_token']:.0f})"
+            f" | {t['cpu_us_per_token']:.0f} ({t['main_thread_us_per_token']:.0f} +"
+            f" {t['other_threads_us_per_token']:.0f}) | {total - t['cpu_us_per_token']:+.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def py_spy(server: bench.Server, concurrency: int, args: argparse.Namespace, out: Path) -> None:
     """Sample both processes during one more run of the level; flame graphs + top functions."""
     api, eng = server.process.pid, engine_pid(server.process.pid)
@@ -191,9 +248,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--py-spy", type=Path, default=None, help="also sample with py-spy")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run llama-server through the same levels and compare CPU per token",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the servers N times")
     args = parser.parse_args()
+    args.defaults = False  # bench.start_* read it: equal slots, context and batch
     args.model = args.model or embedded_model_path()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"genai-profile-{os.getpid()}.log"
+    rounds: list[list[dict[str, Any]]] = []
+    reference_rounds: list[list[dict[str, Any]]] = []
+    binary = bench.llama_server_binary() if args.reference else None
+    for n in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {n + 1}/{args.rounds}", flush=True)
+        rounds.append(profile_genai(args, log, spy=args.py_spy if n == 0 else None))
+        if binary is not None:  # alternated: both servers see the machine in the same state
+            reference_rounds.append(profile_reference(args, binary, log))
+    rows = median_rows(rounds, lambda r: r["api_cpu_us_per_token"] + r["engine_cpu_us_per_token"])
+    reference = median_rows(reference_rounds, lambda r: r["cpu_us_per_token"])
+    print("\n" + table(rows))
+    if reference:
+        print("\n" + reference_table(rows, reference))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"genai-service": rounds, "llama-server": reference_rounds}, indent=2)
+        )
+
+
+def profile_genai(args: argparse.Namespace, log: Path, spy: Path | None) -> list[dict[str, Any]]:
     server = bench.start_genai(args, log)
     rows = []
     try:
@@ -209,14 +294,34 @@ def main() -> None:
         for c in args.concurrency:
             rows.append(measure(server, c, args))
             print(json.dumps(rows[-1]), flush=True)
-        if args.py_spy:
+        if spy:
             for c in args.concurrency:
-                py_spy(server, c, args, args.py_spy)
+                py_spy(server, c, args, spy)
     finally:
         server.stop()
-    print("\n" + table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def profile_reference(args: argparse.Namespace, binary: Path, log: Path) -> list[dict[str, Any]]:
+    server = bench.start_llama_server(args, binary, log)
+    rows = []
+    try:
+        asyncio.run(_warm(server))
+        for c in args.concurrency:
+            rows.append(measure_reference(server, c, args))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def median_rows(
+    rounds: list[list[dict[str, Any]]], key: Callable[[dict[str, Any]], float]
+) -> list[dict[str, Any]]:
+    """Per level, the round whose CPU per token is the median (an odd count picks a real one)."""
+    if not rounds:
+        return []
+    return [sorted(level, key=key)[len(level) // 2] for level in zip(*rounds, strict=True)]
 
 
 async def _warm(server: bench.Server) -> None:
