@@ -48,6 +48,9 @@ def exported_names() -> set[str]:
     """Every series name the service can export (counters with _total, histograms' parts)."""
     names = {"up"}
     for value in vars(metrics).values():
+        if isinstance(value, metrics.PerRequestHistogram):  # a histogram fed once per request
+            names |= {f"{value.name}_bucket", f"{value.name}_sum", f"{value.name}_count"}
+            continue
         if not isinstance(value, MetricWrapperBase):
             continue
         name, kind = value._name, value._type

@@ -112,7 +112,11 @@ async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, Gen
             task.cancel()
 
 
-async def sse_events(generations: list[Generation], fmt: StreamFormat) -> AsyncIterator[bytes]:
+async def sse_events(
+    generations: list[Generation],
+    fmt: StreamFormat,
+    on_close: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
     try:
         if fmt.first is not None:
             for index in range(len(generations)):
@@ -151,6 +155,8 @@ async def sse_events(generations: list[Generation], fmt: StreamFormat) -> AsyncI
     finally:
         for generation in generations:  # client gone or stream over: stop, free the slots
             generation.close()
+        if on_close is not None:
+            on_close()
 
 
 class _EventSource(EventSourceResponse):
@@ -182,16 +188,8 @@ def sse_response(
         if on_close is not None:
             on_close()
 
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            async for event in sse_events(choices, fmt):
-                yield event
-        finally:
-            if on_close is not None:
-                on_close()
-
     return _EventSource(
-        events(),
+        sse_events(choices, fmt, on_close),
         ping=15,
         # On SIGTERM (a rolling update, a scale-down) running streams finish, up to this long,
         # instead of being cut at once; uvicorn stops taking new connections meanwhile.

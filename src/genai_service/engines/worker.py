@@ -67,16 +67,24 @@ def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
 
 
 async def stream_from_worker(
-    start: Callable[[Emit], asyncio.Future[Any] | None], cancel: Cancellation
+    start: Callable[[Emit], asyncio.Future[Any] | None],
+    cancel: Cancellation,
+    on_close: Callable[[], None] | None = None,
 ) -> AsyncIterator[GenerationChunk]:
-    """`start(emit)` begins the work (on an executor or a scheduler) and returns its future."""
+    """`start(emit)` begins the work (on an executor or a scheduler) and returns its future;
+    `on_close` runs once the stream ends, however it ends."""
     inbox = _inbox(asyncio.get_running_loop())
     queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
 
     def emit(item: GenerationChunk | BaseException) -> None:
         inbox.put(queue, item)
 
-    future = start(emit)
+    try:
+        future = start(emit)
+    except BaseException:
+        if on_close is not None:
+            on_close()
+        raise
     try:
         while True:
             item = await queue.get()
@@ -90,6 +98,8 @@ async def stream_from_worker(
         cancel.cancel()
         if future is not None:
             future.add_done_callback(_consume_exception)
+        if on_close is not None:
+            on_close()
 
 
 class ExecutorEngine:

@@ -342,7 +342,7 @@ class Generation:
     async def stream(self) -> AsyncIterator[GenerationChunk]:
         """The engine's chunks; the last has finish_reason and comes after `on_finish`."""
         model = self.engine.info.id
-        itl = metrics.ITL.labels(model)  # the labelled child once, not a lookup per token
+        itl = metrics.ITL.tally()  # counted here, added to /metrics once at the end
         started = last_at = time.perf_counter()
         tokens = 0
         parts: list[str] = []
@@ -409,6 +409,7 @@ class Generation:
                 metrics.REQUESTS.labels(model, status).inc()
                 if tokens == 0:
                     metrics.GENERATED_TOKENS.labels(model).inc(len(parts))
+            metrics.ITL.add(model, itl)
             self._recorder.finish(status, self.result)
             self._end_span(status, failure)
 

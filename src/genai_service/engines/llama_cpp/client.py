@@ -572,9 +572,10 @@ class LlamaCppEngine:
         if params.json_schema is not None:
             grammar_for(params.json_schema)
 
-    async def stream(
+    def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
     ) -> AsyncIterator[GenerationChunk]:
+        # The bridge's generator itself, not one wrapped in another: one layer less per token.
         engine_core = self.core
         if engine_core is None:
             raise RuntimeError("engine is not loaded")
@@ -586,12 +587,11 @@ class LlamaCppEngine:
             # Raises EngineUnavailable while a crashed engine process restarts.
             handle = engine_core.submit(prompt.token_ids, params, cancel, emit)
 
-        try:
-            async for chunk in stream_from_worker(start, cancel):
-                yield chunk
-        finally:
+        def release() -> None:
             if handle is not None:
                 engine_core.release(handle)
+
+        return stream_from_worker(start, cancel, release)
 
 
 def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
