@@ -180,6 +180,14 @@ class Settings(BaseSettings):
         "with (prompt steps under 63 tokens, two output rows per step); costs single-stream "
         "speed.",
     )
+    stream_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="Tokens of one stream generated within this many milliseconds go out as one "
+        "chunk (the first at once); 0 sends each token as it comes. Fewer, larger chunks cost "
+        "the API process less CPU per token (engine process only).",
+    )
     engine_process: bool = Field(
         True,
         description="Run the llama.cpp engine in its own supervised process: a native crash "

@@ -168,3 +168,24 @@ async def test_unified_kv_admits_what_fits_and_the_rest_waits() -> None:
         assert engine.pending == 0
     finally:
         await engine.close()
+
+
+async def test_stream_interval_sends_a_streams_text_in_fewer_chunks(
+    engine: LlamaCppEngine,
+) -> None:
+    # STREAM_INTERVAL_MS: the first token at once, then one chunk per interval (here longer
+    # than the reply, so the rest comes as one chunk before the final one); the same text.
+    coalesced = LlamaCppEngine(embedded_model_path(), stream_interval_ms=60_000, **OPTIONS)  # type: ignore[arg-type]
+    await coalesced.load()
+    try:
+        prompt = await coalesced.text_prompt("List three colours:")
+        chunks = [chunk async for chunk in coalesced.stream(prompt, greedy(24))]
+    finally:
+        await coalesced.close()
+    expected = await collect(
+        engine.stream(await engine.text_prompt("List three colours:"), greedy(24))
+    )
+    final = chunks[-1]
+    assert final.completion_tokens == expected.completion_tokens > 3
+    assert "".join(chunk.text for chunk in chunks) == expected.text
+    assert len([chunk for chunk in chunks[:-1] if chunk.text]) == 2

@@ -449,6 +449,7 @@ class LlamaCppEngine:
         batch_invariant: bool = False,
         engine_process: bool = True,
         kv_cache_tokens: int | None = None,
+        stream_interval_ms: float = 0.0,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
@@ -474,6 +475,7 @@ class LlamaCppEngine:
             prefix_cache=prefix_cache,
             batch_invariant=batch_invariant,
             kv_cache_tokens=kv_cache_tokens,
+            stream_interval=stream_interval_ms / 1000,
         )
         self._vocab: Any = None
         self._formatter: Any = None
@@ -614,4 +616,5 @@ def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
         batch_invariant=settings.batch_invariant,
         engine_process=settings.engine_process,
         kv_cache_tokens=settings.kv_cache_tokens,
+        stream_interval_ms=settings.stream_interval_ms,
     )

@@ -11,7 +11,8 @@ The wire protocol, pickled objects over two one-way pipes:
 - core -> API: ("ready", system_info, n_ctx_per_slot), ("failed", message) at start-up; then one ("step", events,
   records, pending) per scheduler iteration, where an event is (id, GenerationChunk),
   (id, (text,)) for a plain text chunk (most of them: a tuple unpickles 4x faster than the
-  dataclass), or (id, error message).
+  dataclass), or (id, error message). With a stream interval (STREAM_INTERVAL_MS), a stream's
+  plain text chunks are held and joined until the interval has passed since its last one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,6 +57,7 @@ class CoreConfig:
     prefix_cache: bool = True
     batch_invariant: bool = False
     kv_cache_tokens: int | None = None  # the unified KV buffer; None: default_kv_cells
+    stream_interval: float = 0.0  # seconds; a stream's text within it goes out as one chunk
 
 
 def load_model(path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> Any:
@@ -180,8 +183,20 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
         with lock:  # the main thread and the scheduler thread both send
             events.send(message)
 
+    interval = config.stream_interval
+    # Streams whose text is held back (STREAM_INTERVAL_MS): id -> [when text last went out,
+    # the text since]. Scheduler thread only, like outbox.
+    holding: dict[int, list[Any]] = {}
+
     def flush() -> None:
         # Scheduler thread: the step's chunks and metric records as one message.
+        if holding:
+            now = time.monotonic()
+            for req_id, state in list(holding.items()):
+                if now - state[0] >= interval:
+                    del holding[req_id]
+                    outbox.append((req_id, ("".join(state[1]),)))
+                    state[0], state[1] = now, []
         if not outbox and not records:
             return
         batch = ("step", outbox[:], records[:], scheduler.pending if scheduler else 0)
@@ -204,14 +219,26 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     cancels: dict[int, Cancellation] = {}
 
     def emitter(req_id: int) -> Emit:
+        state: list[Any] = [float("-inf"), []]  # see holding
+
         def emit(item: GenerationChunk | BaseException) -> None:
             if isinstance(item, BaseException):
+                holding.pop(req_id, None)
                 outbox.append((req_id, str(item) or type(item).__name__))
                 cancels.pop(req_id, None)
                 return
             if item.finish_reason is None and item.logprobs is None:
-                outbox.append((req_id, (item.text,)))
+                if interval:
+                    # flush() sends it once `interval` has passed since the last chunk: the
+                    # first token at once, then one chunk per interval instead of per token.
+                    state[1].append(item.text)
+                    holding[req_id] = state
+                else:
+                    outbox.append((req_id, (item.text,)))
                 return
+            if holding.pop(req_id, None) is not None:
+                outbox.append((req_id, ("".join(state[1]),)))  # held text goes first
+                state[1] = []
             outbox.append((req_id, item))
             if item.finish_reason is not None:
                 cancels.pop(req_id, None)
