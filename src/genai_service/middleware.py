@@ -38,10 +38,13 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        responded = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
                 extra = [(b"x-request-id", request_id.encode())]
                 # A quota'd key's x-ratelimit-* headers (api/auth.py), on every response.
                 for name, value in scope["state"].get("ratelimit_headers", {}).items():
@@ -51,6 +54,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if not responded:
+                status = 499  # the client went away before an answer (nginx's code for it)
+            raise
         finally:
             path = scope.get("path", "")
             if not path.startswith("/health"):
