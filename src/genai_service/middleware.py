@@ -36,15 +36,12 @@ class RequestContextMiddleware:
         request_id = supplied if supplied.isprintable() and supplied else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
-        status = 500
-
-        responded = False
+        status: int | None = None  # set when the answer starts
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, responded
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                responded = True
                 extra = [(b"x-request-id", request_id.encode())]
                 # A quota'd key's x-ratelimit-* headers (api/auth.py), on every response.
                 for name, value in scope["state"].get("ratelimit_headers", {}).items():
@@ -55,7 +52,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:
-            if not responded:
+            if status is None:
                 status = 499  # the client went away before an answer (nginx's code for it)
             raise
         finally:
@@ -65,7 +62,7 @@ class RequestContextMiddleware:
                     "request",
                     method=scope.get("method"),
                     path=path,
-                    status=status,
+                    status=500 if status is None else status,  # none: uvicorn's 500
                     ms=round((time.perf_counter() - started) * 1000, 1),
                     request_id=request_id,
                 )

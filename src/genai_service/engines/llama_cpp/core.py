@@ -167,6 +167,17 @@ class InProcessCore:
             model.close()
 
 
+class _Held:
+    """A stream's text held back by the stream interval: when its last chunk went out, and the
+    text since."""
+
+    __slots__ = ("parts", "sent_at")
+
+    def __init__(self) -> None:
+        self.sent_at = float("-inf")  # the first token goes out at once
+        self.parts: list[str] = []
+
+
 # --- the engine process --------------------------------------------------------------------------
 def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     """Entry point of the engine process."""
@@ -184,19 +195,22 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
             events.send(message)
 
     interval = config.stream_interval
-    # Streams whose text is held back (STREAM_INTERVAL_MS): id -> [when text last went out,
-    # the text since]. Scheduler thread only, like outbox.
-    holding: dict[int, list[Any]] = {}
+    # Streams whose text is held back (STREAM_INTERVAL_MS). Scheduler thread only, like outbox.
+    holding: dict[int, _Held] = {}
+
+    def send_held(req_id: int, held: _Held) -> None:
+        del holding[req_id]
+        outbox.append((req_id, ("".join(held.parts),)))
+        held.parts = []
 
     def flush() -> None:
         # Scheduler thread: the step's chunks and metric records as one message.
         if holding:
             now = time.monotonic()
-            for req_id, state in list(holding.items()):
-                if now - state[0] >= interval:
-                    del holding[req_id]
-                    outbox.append((req_id, ("".join(state[1]),)))
-                    state[0], state[1] = now, []
+            for req_id, held in list(holding.items()):
+                if now - held.sent_at >= interval:
+                    send_held(req_id, held)
+                    held.sent_at = now
         if not outbox and not records:
             return
         batch = ("step", outbox[:], records[:], scheduler.pending if scheduler else 0)
@@ -219,7 +233,7 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     cancels: dict[int, Cancellation] = {}
 
     def emitter(req_id: int) -> Emit:
-        state: list[Any] = [float("-inf"), []]  # see holding
+        held = _Held()
 
         def emit(item: GenerationChunk | BaseException) -> None:
             if isinstance(item, BaseException):
@@ -231,14 +245,13 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
                 if interval:
                     # flush() sends it once `interval` has passed since the last chunk: the
                     # first token at once, then one chunk per interval instead of per token.
-                    state[1].append(item.text)
-                    holding[req_id] = state
+                    held.parts.append(item.text)
+                    holding[req_id] = held
                 else:
                     outbox.append((req_id, (item.text,)))
                 return
-            if holding.pop(req_id, None) is not None:
-                outbox.append((req_id, ("".join(state[1]),)))  # held text goes first
-                state[1] = []
+            if req_id in holding:
+                send_held(req_id, held)  # the held text goes before this chunk
             outbox.append((req_id, item))
             if item.finish_reason is not None:
                 cancels.pop(req_id, None)
