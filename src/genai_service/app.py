@@ -15,8 +15,10 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from genai_service import __version__
+from genai_service.api import connection
 from genai_service.api.auth import RATELIMIT_HEADERS, metrics_access, require_api_key, token_budget
 from genai_service.api.errors import install_error_handlers
 from genai_service.api.limits import message_limits
@@ -159,6 +161,16 @@ async def load_engines(state: ServiceState, factory: EngineFactory) -> None:
         log.error("model_load_failed", setting=setting, error=str(exc), fix=fix)
 
 
+class ServiceApp(FastAPI):
+    """FastAPI, keeping each request's uvicorn connection for a direct stream (the one place
+    the server's own `send` is seen: every middleware wraps it)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            connection.remember(scope, send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, engine_factory: EngineFactory | None = None
 ) -> FastAPI:
@@ -192,7 +204,7 @@ def create_app(
                 provider.shutdown()  # sends the spans still batched
 
     docs = settings.docs_enabled
-    app = FastAPI(
+    app = ServiceApp(
         title="genai-service",
         version=__version__,
         description="OpenAI-compatible generative-AI service.",

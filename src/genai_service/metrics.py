@@ -27,6 +27,11 @@ GENERATED_TOKENS = Counter("genai_generated_tokens", "Completion tokens generate
 PROMPT_TOKENS = Counter(
     "genai_prompt_tokens", "Prompt tokens of the generations that ran (tokens in).", ["model"]
 )
+DIRECT_STREAMS = Counter(
+    "genai_direct_streams",
+    "Streams whose tokens the engine process wrote to the client itself (DIRECT_STREAM).",
+    ["model"],
+)
 PREFIX_REUSED_TOKENS = Counter(
     "genai_prefix_reused_tokens", "Prompt tokens taken from the prefix cache.", ["model"]
 )

@@ -188,6 +188,13 @@ class Settings(BaseSettings):
         "chunk (the first at once); 0 sends each token as it comes. Fewer, larger chunks cost "
         "the API process less CPU per token (engine process only).",
     )
+    direct_stream: bool = Field(
+        True,
+        description="The engine process writes a plain streamed chat's tokens straight to the "
+        "client's socket (handed over by the API process): no API-process work per token. "
+        "Used on uvicorn without TLS, for one choice without logprobs or tools (engine "
+        "process only).",
+    )
     engine_process: bool = Field(
         True,
         description="Run the llama.cpp engine in its own supervised process: a native crash "

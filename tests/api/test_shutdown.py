@@ -8,6 +8,7 @@ SQLite ledger read after the exit. The cut at the timeout (an SSE error event in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,22 +27,23 @@ from tests.conftest import free_port, wait_ready
 STREAMS = 4
 
 
-def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serve(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real `genai-service serve` in its own process group, as under systemd or Docker."""
     port = free_port()
-    env = os.environ | {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "N_THREADS": "1",
-        "N_CTX": "512",
-        "N_PARALLEL": str(STREAMS),
-        "DATA_DIR": str(tmp_path),
-        "EMBEDDING_MODEL": "",
-        "LOG_LEVEL": "warning",
-        "SHUTDOWN_TIMEOUT": "60",  # the alias of SHUTDOWN_DRAIN_SECONDS
-    }
     server = subprocess.Popen(
         [sys.executable, "-m", "genai_service", "serve"],
-        env=env,
+        env=os.environ
+        | {
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "N_THREADS": "1",
+            "N_CTX": "512",
+            "DATA_DIR": str(tmp_path),
+            "EMBEDDING_MODEL": "",
+            "LOG_LEVEL": "warning",
+        }
+        | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, as under systemd or `docker stop`
@@ -48,7 +51,19 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, server, 120)
+        yield server, base
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
+
+def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
+    with serve(
+        tmp_path,
+        N_PARALLEL=str(STREAMS),
+        SHUTDOWN_TIMEOUT="60",  # the alias of SHUTDOWN_DRAIN_SECONDS
+    ) as (server, base):
         endings: list[list[str]] = [[] for _ in range(STREAMS)]
         started = [threading.Event() for _ in range(STREAMS)]
 
@@ -112,7 +127,42 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / "genai.db") as db:
             rows = db.execute("SELECT endpoint, status FROM completion_records").fetchall()
         assert sorted(rows) == [("/v1/chat/completions", "ok")] * STREAMS, rows
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+
+
+def test_drain_timeout_ends_a_stream_the_engine_writes_with_an_error_event(tmp_path: Path) -> None:
+    """A direct stream (its tokens written by the engine process, DIRECT_STREAM) is stopped at
+    the drain's timeout through the engine, and still ends with the error event, intact."""
+    with serve(tmp_path, SHUTDOWN_DRAIN_SECONDS="1") as (server, base):
+        events: list[str] = []
+        started = threading.Event()
+
+        def stream() -> None:
+            body = {
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": "Tell me a very long story."}],
+                "max_tokens": 450,
+                "temperature": 0.8,
+                "seed": 1,
+                "stream": True,
+            }
+            with (
+                httpx.Client(timeout=120) as http,
+                http.stream("POST", f"{base}/v1/chat/completions", json=body) as response,
+            ):
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                        if len(events) > 3:
+                            started.set()
+            started.set()
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        assert started.wait(60)
+        os.killpg(server.pid, signal.SIGTERM)
+        thread.join(60)
+        assert server.wait(60) == 0, server.stdout.read().decode()[-3000:] if server.stdout else ""
+        assert json.loads(events[-1])["error"]["code"] == "server_shutting_down", events[-3:]
+        pieces = [json.loads(e)["choices"][0]["delta"]["content"] for e in events[1:-1]]
+        assert len(pieces) > 3 and all(isinstance(p, str) for p in pieces)
+        assert len(pieces) < 449  # cut, not finished (1 thread: seconds of tokens left)

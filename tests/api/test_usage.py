@@ -197,6 +197,11 @@ class BreakingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    @property
+    def features(self) -> frozenset[str]:
+        # It must see every piece: the engine process may not write them to the client itself.
+        return self._inner.features - {"direct_stream"}
+
     def stream(self, prompt: Any, params: Any, cancel: Any = None) -> Any:
         async def pieces() -> Any:
             async for chunk in self._inner.stream(prompt, params, cancel):

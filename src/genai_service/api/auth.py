@@ -233,7 +233,7 @@ async def token_budget(request: Request, caller: Authenticated) -> None:
         raise quota_exceeded("tokens", limit, reset)
 
 
-def get_principal(caller: Authenticated) -> str:
+async def get_principal(caller: Authenticated) -> str:
     """Who owns what this request stores: the key's principal, or `anonymous` when
     authentication is off. Depends on `require_api_key` itself (FastAPI runs it once per
     request), so no route can read a principal that was not authenticated."""
@@ -243,7 +243,7 @@ def get_principal(caller: Authenticated) -> str:
 Principal = Annotated[str, Depends(get_principal)]
 
 
-def require_admin(caller: Authenticated) -> Caller:
+async def require_admin(caller: Authenticated) -> Caller:
     if not caller.authenticated:
         raise APIError(
             403,
@@ -261,7 +261,7 @@ def require_admin(caller: Authenticated) -> Caller:
 Admin = Annotated[Caller, Depends(require_admin)]
 
 
-def metrics_access(caller: Authenticated) -> None:
+async def metrics_access(caller: Authenticated) -> None:
     """METRICS_REQUIRE_KEY: /metrics for admin keys (open while authentication is off)."""
     if caller.authenticated and caller.scope != "admin":
         raise APIError(

@@ -17,7 +17,8 @@ from genai_service.engines.base import EmbeddingEngine, Engine
 from genai_service.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async: FastAPI runs a plain `def` dependency on a worker thread, a hop per request.
     return request.app.state.service  # type: ignore[no-any-return]
 
 

@@ -18,6 +18,8 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.types import Message, Send
 
+from genai_service import metrics
+from genai_service.api import connection
 from genai_service.api.errors import APIError, engine_unavailable, error_body
 from genai_service.api.schemas import Usage
 from genai_service.engines.base import Completion, EngineUnavailable, GenerationChunk
@@ -48,6 +50,9 @@ class StreamFormat:
     first: Callable[[int], Sequence[BaseModel]] | None = None  # a choice's opening events
     # Once, after every choice finished (e.g. the usage chunk), from their last chunks.
     end: Callable[[list[GenerationChunk]], Sequence[BaseModel]] | None = None
+    # The text event's template when every text chunk is one plain event (one choice, no
+    # logprobs, no tool calls): the engine process may then write them itself (direct stream).
+    direct: Template | None = None
 
 
 def _event(model: BaseModel) -> bytes:
@@ -65,21 +70,23 @@ _DONE = b"data: [DONE]\n\n"
 MARKER = "@@genai-sse-text@@"  # where a template's text goes; plain ASCII, escaped as is
 
 
-def template(model: BaseModel) -> Callable[[str], bytes]:
+class Template:
     """text -> the SSE event of `model` (built with `MARKER` as one of its strings) with that
     text in the marker's place, as bytes.
 
     The model is serialised once; each token then costs one string escape and a join instead
     of a pydantic model and its serialisation (the hot path of a stream). The escape is the
-    JSON encoder's own, the same bytes pydantic writes (non-ASCII as UTF-8).
+    JSON encoder's own, the same bytes pydantic writes (non-ASCII as UTF-8); the engine
+    process writes a direct stream's events from the same head and tail.
     """
-    head, tail = _event(model).split(json.dumps(MARKER).encode())
-    escape = encode_basestring
 
-    def event(text: str) -> bytes:
-        return head + escape(text).encode() + tail
+    __slots__ = ("head", "tail")
 
-    return event
+    def __init__(self, model: BaseModel) -> None:
+        self.head, self.tail = _event(model).split(json.dumps(MARKER).encode())
+
+    def __call__(self, text: str) -> bytes:
+        return self.head + encode_basestring(text).encode() + self.tail
 
 
 async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, GenerationChunk]]:
@@ -112,18 +119,55 @@ async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, Gen
             task.cancel()
 
 
+class _Lent:
+    """Shared by a stream's events and its response: the socket lent to the engine, if any
+    (the response sends no keep-alive ping meanwhile)."""
+
+    __slots__ = ("hand_off",)
+
+    def __init__(self) -> None:
+        self.hand_off: connection.HandOff | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.hand_off is not None and self.hand_off.active
+
+
+def _lend(generations: list[Generation], fmt: StreamFormat, lent: _Lent) -> None:
+    """Hand the socket to the engine for this stream where that can be done."""
+    generation = generations[0]
+    if (
+        fmt.direct is None
+        or len(generations) > 1
+        or generation.request is None
+        or "direct_stream" not in getattr(generation.engine, "features", ())
+    ):
+        return
+    hand_off = connection.hand_off(generation.request.scope, fmt.direct.head, fmt.direct.tail)
+    if hand_off is not None:
+        generation.direct = hand_off.direct
+        lent.hand_off = hand_off
+        metrics.DIRECT_STREAMS.labels(generation.engine.info.id).inc()
+
+
 async def sse_events(
     generations: list[Generation],
     fmt: StreamFormat,
     on_close: Callable[[], None] | None = None,
+    lent: _Lent | None = None,
 ) -> AsyncIterator[bytes]:
+    lent = lent or _Lent()
     try:
         if fmt.first is not None:
             for index in range(len(generations)):
                 for model in fmt.first(index):
                     yield _event(model)
+        # Resumed once the opening events were written: the socket can be lent now.
+        _lend(generations, fmt, lent)
         lasts: dict[int, GenerationChunk] = {}
         async for index, chunk in _merged(generations):
+            if lent.hand_off is not None:
+                lent.hand_off.take_back()  # the engine reported: its text is all out
             if chunk.text or chunk.logprobs:
                 event = fmt.delta(chunk, index)
                 if event.__class__ is bytes:
@@ -141,13 +185,19 @@ async def sse_events(
     except asyncio.CancelledError:
         raise
     except APIError as exc:
+        if lent.hand_off is not None:
+            lent.hand_off.take_back()
         yield _data(json.dumps(exc.body()))
     except EngineUnavailable as exc:
         # The engine process crashed mid-stream: say so; nothing was stored, a retry will work.
         log.warning("stream_engine_unavailable", error=str(exc))
+        if lent.hand_off is not None:
+            lent.hand_off.take_back()
         yield _data(json.dumps(engine_unavailable(str(exc)).body()))
     except Exception:
         log.exception("stream_failed")
+        if lent.hand_off is not None:
+            lent.hand_off.take_back()
         # Headers are gone already: the error travels as an SSE event the SDKs understand.
         yield _data(
             json.dumps(error_body("The server had an error while generating.", "server_error"))
@@ -161,9 +211,14 @@ async def sse_events(
 
 class _EventSource(EventSourceResponse):
     """sse-starlette wraps every send in an anyio cancel scope for its `send_timeout` (~4 µs
-    an event); with no timeout set, as here, the scope does nothing, so it is skipped."""
+    an event); with no timeout set, as here, the scope does nothing, so it is skipped. While
+    the engine writes to the socket (`lent`), the only sends are keep-alive pings: dropped."""
+
+    lent: _Lent
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self.lent.active:
+            return
         if self.send_timeout is not None:
             await super()._send_with_timeout(send, message)
             return
@@ -188,8 +243,9 @@ def sse_response(
         if on_close is not None:
             on_close()
 
-    return _EventSource(
-        sse_events(choices, fmt, on_close),
+    lent = _Lent()
+    response = _EventSource(
+        sse_events(choices, fmt, on_close, lent),
         ping=15,
         # On SIGTERM (a rolling update, a scale-down) running streams finish, up to this long,
         # instead of being cut at once; uvicorn stops taking new connections meanwhile.
@@ -198,3 +254,5 @@ def sse_response(
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.lent = lent
+    return response

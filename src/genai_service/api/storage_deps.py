@@ -30,7 +30,7 @@ def include_storage_routes(app: FastAPI, dependencies: list[Any]) -> None:
         app.include_router(router, prefix="/v1", dependencies=dependencies)
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage | None = getattr(request.app.state, "storage", None)
     if storage is None:
         raise database_unavailable("storage is not configured")

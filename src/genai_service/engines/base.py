@@ -7,7 +7,7 @@ an upstream server) are interchangeable behind the same routes.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -164,6 +164,41 @@ class Engine(Protocol):
     ) -> AsyncIterator[GenerationChunk]:
         """Generate, yielding text pieces; the final chunk has finish_reason and usage."""
         ...
+
+
+@dataclass(slots=True)
+class DirectStream:
+    """A streaming client's socket, handed to an engine that writes the text events itself.
+
+    Engines with the "direct_stream" feature take it (the llama.cpp engine process): the API
+    process sends the response head and the opening events, hands the socket over, and stays
+    off it until the engine reports the end. Each token then costs one write in the engine
+    process and nothing in the API process, as llama-server's do.
+
+    An event is `head + JSON string of the text + tail`, in HTTP/1.1 chunked framing when
+    `chunked`. At the end the engine fills in the rest (see `end`).
+    """
+
+    fd: int  # the client socket, in this process
+    head: bytes
+    tail: bytes
+    chunked: bool
+    # Set by the engine once submitted: stop the generation and report (the drain's timeout).
+    interrupt: Callable[[], None] | None = None
+    ended: bool = False
+    unsent: bytes = b""  # written by the engine only in part (a slow client): the API sends it
+    text: str = ""  # the whole reply, as written
+    first_at: float | None = None  # time.monotonic() of the first token's write
+    gaps: list[float] = field(default_factory=list)  # seconds between the tokens' writes
+    # Called by `end` (on the event loop): what the consumer left to do once it reported, if
+    # the consumer stopped first (a client that hung up).
+    on_end: Callable[[], None] | None = None
+
+    def end(self, unsent: bytes, text: str, first_at: float | None, gaps: list[float]) -> None:
+        self.ended = True
+        self.unsent, self.text, self.first_at, self.gaps = unsent, text, first_at, gaps
+        if self.on_end is not None:
+            self.on_end()
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ from genai_service.api.errors import APIError, busy, engine_unavailable, shuttin
 from genai_service.engines.base import (
     Cancellation,
     Completion,
+    DirectStream,
     Engine,
+    EngineError,
     EngineHTTPError,
     EngineUnavailable,
     GenerationChunk,
@@ -312,13 +315,18 @@ class Generation:
         self.drain_seconds = 0.0  # set by the service: how long a stream may finish at shutdown
         self.shutdown: Shutdown | None = None  # set by the service: the drain's state
         self.on_span_end: Any = None  # n choices: the request's span ends with the last one
+        # Set by the SSE layer before the stream starts, for an engine with "direct_stream":
+        # the engine writes the text to the client and `stream()` yields only the last chunk.
+        self.direct: DirectStream | None = None
+        self._usage_deferred = False  # a direct stream's usage waits for the engine's report
         self._span_open = True
 
     def close(self) -> None:
         """Free the slot and stop the engine; safe to call again (covers never-started streams)."""
         self.cancel.cancel()
         self.lease.release()
-        self._recorder.finish("cancelled")
+        if not self._usage_deferred:
+            self._recorder.finish("cancelled")
         self._end_span("cancelled")
 
     def _end_span(self, status: str, error: BaseException | None = None) -> None:
@@ -353,11 +361,20 @@ class Generation:
         # Current while the engine runs, so an upstream engine propagates it (traceparent).
         attached = otel_context.attach(context)
         phase = self._phase("prefill", context)  # until the first token
+        direct = self.direct
+        stop_direct: Callable[[], None] | None = None
         try:
+            if direct is None:
+                engine_chunks = self.engine.stream(self.prompt, self.params, self.cancel)
+            else:
+                engine_chunks = self.engine.stream(  # type: ignore[call-arg]
+                    self.prompt, self.params, self.cancel, direct=direct
+                )
+                if self.shutdown is not None:
+                    stop_direct = functools.partial(_interrupt, direct)
+                    self.shutdown.on_halt.add(stop_direct)
             # aclosing: a consumer that leaves closes the engine's stream now, not at GC.
-            async with contextlib.aclosing(
-                self.engine.stream(self.prompt, self.params, self.cancel)
-            ) as chunks:
+            async with contextlib.aclosing(engine_chunks) as chunks:
                 async for chunk in chunks:
                     if self.shutdown is not None and self.shutdown.halted:
                         # The drain's timeout passed: end here, with an error the client sees.
@@ -378,6 +395,12 @@ class Generation:
                     if chunk.finish_reason is None:
                         yield chunk
                         continue
+                    if direct is not None and direct.ended:
+                        first_ns = self._direct_timings(direct, started, itl)
+                        if first_ns is not None:
+                            phase.end(end_time=first_ns)
+                            phase = self._phase("decode", context, first_ns)
+                        parts.append(direct.text)
                     metrics.GENERATED_TOKENS.labels(model).inc(chunk.completion_tokens)
                     metrics.PROMPT_TOKENS.labels(model).inc(chunk.prompt_tokens)
                     tokens = chunk.completion_tokens
@@ -397,24 +420,62 @@ class Generation:
             raise RuntimeError("the engine ended a generation without a finish reason")
         except (GeneratorExit, asyncio.CancelledError):
             raise  # the consumer went away: "cancelled"
+        except EngineError as exc:
+            status, failure = "error", exc
+            if direct is not None and self.shutdown is not None and self.shutdown.halted:
+                raise shutting_down() from None  # stop_direct ended it ("cancelled")
+            raise
         except BaseException as exc:
             status, failure = "error", exc
             raise
         finally:
+            if stop_direct is not None and self.shutdown is not None:
+                self.shutdown.on_halt.discard(stop_direct)
             phase.end()
             otel_context.detach(attached)
             self.cancel.cancel()  # stop the engine at once (client gone, error)
             self.lease.release()
             if status != "ok":
                 metrics.REQUESTS.labels(model, status).inc()
-                if tokens == 0:
+            if direct is not None and not direct.ended:
+                # The engine wrote to a client that left: count what it wrote once it reports.
+                self._usage_deferred = True
+                direct.on_end = functools.partial(self._direct_left, direct, status, started, itl)
+            else:
+                if status != "ok" and tokens == 0:
                     metrics.GENERATED_TOKENS.labels(model).inc(len(parts))
-            metrics.ITL.add(model, itl)
-            self._recorder.finish(status, self.result)
+                metrics.ITL.add(model, itl)
+                self._recorder.finish(status, self.result)
             self._end_span(status, failure)
 
-    def _phase(self, name: str, context: Any) -> trace.Span:
-        return self._tracer.start_span(name, context=context)
+    def _direct_timings(
+        self, direct: DirectStream, started: float, itl: metrics.Tally
+    ) -> int | None:
+        """Time to first token and the inter-token gaps of a stream the engine wrote, from its
+        report; returns when the first token went out (time.time_ns), None if none did."""
+        if direct.first_at is None:
+            return None
+        # The engine's clock is time.monotonic(), system-wide; `started` is perf_counter's.
+        first = direct.first_at + (time.perf_counter() - time.monotonic())
+        metrics.TTFT.labels(self.engine.info.id).observe(first - started)
+        for gap in direct.gaps:
+            itl.observe(gap)
+        self._recorder.first_piece_at = first
+        self._recorder.pieces = len(direct.gaps) + 1
+        return time.time_ns() - int((time.perf_counter() - first) * 1e9)
+
+    def _direct_left(
+        self, direct: DirectStream, status: Status, started: float, itl: metrics.Tally
+    ) -> None:
+        """The engine's report on a direct stream its consumer left: usage and metrics."""
+        model = self.engine.info.id
+        self._direct_timings(direct, started, itl)
+        metrics.GENERATED_TOKENS.labels(model).inc(self._recorder.pieces)
+        metrics.ITL.add(model, itl)
+        self._recorder.finish(status, self.result)
+
+    def _phase(self, name: str, context: Any, start_ns: int | None = None) -> trace.Span:
+        return self._tracer.start_span(name, context=context, start_time=start_ns)
 
     async def complete(self) -> Completion:
         """Run to the end (no streaming); stops as soon as the client disconnects."""
@@ -449,6 +510,13 @@ class Generation:
             pass
         assert self.result is not None
         return self.result
+
+
+def _interrupt(direct: DirectStream) -> None:
+    """The drain's timeout stops a direct stream through its engine (no token of its own
+    reaches `Generation.stream`, where other streams are stopped)."""
+    if direct.interrupt is not None:
+        direct.interrupt()
 
 
 async def _watch_disconnect(

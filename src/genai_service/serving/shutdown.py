@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -31,6 +32,9 @@ class Shutdown:
         self.timeout = timeout
         self.draining = False
         self.halted = False
+        # Called at the timeout: generations that see no token of their own (a direct stream,
+        # written by the engine process) are stopped through these.
+        self.on_halt: set[Callable[[], None]] = set()
         self.inflight = 0
         self._idle: asyncio.Event | None = None
 
@@ -59,6 +63,8 @@ class Shutdown:
         log.info("shutdown_draining", inflight=self.inflight, timeout_s=self.timeout)
         if not await self._until_idle(self.timeout):
             self.halted = True
+            for stop in list(self.on_halt):
+                stop()
             log.warning("shutdown_timeout", cut=self.inflight, timeout_s=self.timeout)
             await self._until_idle(HALT_GRACE_SECONDS)
         log.info("shutdown_drained", seconds=round(time.monotonic() - started, 2))

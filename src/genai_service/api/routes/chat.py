@@ -22,7 +22,7 @@ from genai_service.api.schemas import (
     new_id,
     now,
 )
-from genai_service.api.sse import MARKER, StreamFormat, sse_response, template, usage_of
+from genai_service.api.sse import MARKER, StreamFormat, Template, sse_response, usage_of
 from genai_service.engines.base import GenerationChunk
 from genai_service.serving.generation import Generation, complete_all
 
@@ -60,7 +60,7 @@ async def chat_completions(
         calls = [tools.ToolCallStream(callable_tools, forced) for _ in generations]
         # A text delta without logprobs (nearly every event): pre-encoded, per choice.
         content = [
-            template(chunk(index, ChatDelta(content=MARKER))) for index in range(len(generations))
+            Template(chunk(index, ChatDelta(content=MARKER))) for index in range(len(generations))
         ]
 
         def delta(piece: GenerationChunk, index: int) -> ChatCompletionChunk | bytes | None:
@@ -106,11 +106,13 @@ async def chat_completions(
                 ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage)
             ]
 
+        plain = not callable_tools and body.requested_logprobs() is None and len(generations) == 1
         fmt = StreamFormat(
             first=lambda index: [chunk(index, ChatDelta(role="assistant", content=""))],
             delta=delta,
             final=final,
             end=end,
+            direct=content[0] if plain else None,
         )
         return sse_response(generations, fmt)
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from genai_service import metrics
 from genai_service.engines.base import (
     Cancellation,
     ChatMessage,
+    DirectStream,
     EngineError,
     EngineUnavailable,
     GenerationChunk,
@@ -51,6 +54,7 @@ from genai_service.engines.base import (
 )
 from genai_service.engines.llama_cpp import core
 from genai_service.engines.llama_cpp.core import CoreConfig, InProcessCore
+from genai_service.engines.llama_cpp.direct import DirectReport
 from genai_service.engines.llama_cpp.grammar import grammar_for
 from genai_service.engines.threads import default_threads
 from genai_service.engines.worker import Emit, stream_from_worker
@@ -148,11 +152,12 @@ class EngineProcess:
 
     Not multiprocessing's spawn, which re-imports the parent's `__main__` in the child, so a
     user's own `python myserver.py` without an `if __name__ == "__main__"` guard would run
-    twice; nor fork, which copies a threaded server. Two one-way pipes are passed by fd.
+    twice; nor fork, which copies a threaded server. Two pipes are passed by fd; the commands
+    one is a Unix socket pair, which can carry a direct stream's client socket (SCM_RIGHTS).
     """
 
     def __init__(self, config: CoreConfig) -> None:
-        commands_r, self.commands = multiprocessing.Pipe(duplex=False)
+        commands_r, self.commands = multiprocessing.Pipe(duplex=True)
         self.events, events_w = multiprocessing.Pipe(duplex=False)
         fds = (commands_r.fileno(), events_w.fileno())
         self._popen = subprocess.Popen(
@@ -200,6 +205,8 @@ class ProcessCore:
         self._reading = threading.Lock()  # one reader at a time while the pipe changes loops
         self._lock = threading.Lock()
         self._inflight: dict[int, Emit] = {}
+        self._directs: dict[int, DirectStream] = {}  # handed-over sockets, until their report
+        self._command_socket: socket.socket | None = None  # the commands pipe, for send_fds
         self._ids = itertools.count()
         self._process: Any = None
         self._commands: Connection | None = None
@@ -235,7 +242,12 @@ class ProcessCore:
         self._supervisor.start()
 
     def submit(
-        self, tokens: list[int], params: SamplingParams, cancel: Cancellation, emit: Emit
+        self,
+        tokens: list[int],
+        params: SamplingParams,
+        cancel: Cancellation,
+        emit: Emit,
+        direct: DirectStream | None = None,
     ) -> int:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
@@ -245,16 +257,33 @@ class ProcessCore:
                 raise EngineUnavailable(self._unavailable_message())
             req_id = next(self._ids)
             self._inflight[req_id] = emit
+            spec = None if direct is None else (direct.head, direct.tail, direct.chunked)
             try:
-                self._commands.send(("submit", req_id, tokens, params))
+                self._commands.send(("submit", req_id, tokens, params, spec))
+                if direct is not None:
+                    assert self._command_socket is not None
+                    # Under the lock, so nothing comes between the message and its socket.
+                    socket.send_fds(self._command_socket, [b"S"], [direct.fd])
+                    self._directs[req_id] = direct
             except OSError:
                 del self._inflight[req_id]
                 raise EngineUnavailable(self._unavailable_message()) from None
         return req_id
 
+    def interrupt(self, req_id: int) -> None:
+        """Stop a running request; unlike `release`, its end (a direct stream's report and a
+        "cancelled" error) still reaches its consumer."""
+        with self._lock:
+            if req_id not in self._inflight or self._commands is None:
+                return
+            with contextlib.suppress(OSError):
+                self._commands.send(("cancel", req_id))
+
     def release(self, req_id: int) -> None:
         """The consumer is done with a request: cancel it in the core if it still runs."""
         with self._lock:
+            # A direct stream stays in _directs: its report still comes (usage of a client
+            # that hung up).
             if self._inflight.pop(req_id, None) is None or self._commands is None:
                 return
             # OSError: the process is gone; the supervisor deals with it.
@@ -268,6 +297,9 @@ class ProcessCore:
             commands, process = self._commands, self._process
             inflight, self._inflight = self._inflight, {}
             self.unavailable = "shutting down"
+            if self._command_socket is not None:
+                self._command_socket.close()
+                self._command_socket = None
         if commands is not None:
             with contextlib.suppress(OSError):
                 commands.send(("stop",))
@@ -311,6 +343,7 @@ class ProcessCore:
         _, self.system_info, self.n_ctx_per_slot = message
         with self._lock:
             self._process, self._commands, self._events = process, commands_w, events_r
+            self._command_socket = socket.socket(fileno=os.dup(commands_w.fileno()))
             self._frames = FrameReader(events_r.fileno())
         self._eof.clear()
         # A closed loop: the next submit's loop takes the pipe (_follow).
@@ -387,6 +420,11 @@ class ProcessCore:
                 if emit is not None:
                     emit(GenerationChunk(item[0]))
                 continue
+            if item.__class__ is DirectReport:  # a direct stream ended; its last item follows
+                direct = self._directs.pop(req_id, None)
+                if direct is not None:
+                    _end_direct(direct, item.unsent, item.text, item.first_at, item.gaps)
+                continue
             final = isinstance(item, str) or item.finish_reason is not None
             if final:
                 with self._lock:
@@ -404,10 +442,11 @@ class ProcessCore:
         with self._lock:
             self.unavailable = f"engine process died ({cause}); restarting"
             inflight, self._inflight = self._inflight, {}
-            for conn in (self._commands, self._events):
+            directs, self._directs = self._directs, {}
+            for conn in (self._commands, self._events, self._command_socket):
                 if conn is not None:
                     conn.close()
-            self._commands = self._events = self._frames = None
+            self._commands = self._events = self._frames = self._command_socket = None
             self.pending = 0
         self.crashes += 1
         model = self._config.model_id
@@ -425,14 +464,26 @@ class ProcessCore:
         error = EngineUnavailable(
             f"The model engine stopped unexpectedly ({cause}) and is restarting; retry the request."
         )
+        for direct in directs.values():
+            # Their sockets closed with the process: nothing is unsent; what it wrote is unknown.
+            self._loop.call_soon_threadsafe(_end_direct, direct, b"", "", None, [])
         for emit in inflight.values():
             emit(error)
+
+
+def _end_direct(
+    direct: DirectStream, unsent: bytes, text: str, first_at: float | None, gaps: list[float]
+) -> None:
+    try:
+        direct.end(unsent, text, first_at, gaps)
+    except Exception:  # its consumer's bookkeeping must not stop the pipe's dispatch
+        log.exception("direct_stream_end_failed")
 
 
 class LlamaCppEngine:
     engine_name = "llama.cpp"
     warmup = False  # the core's self-test (a real prompt, several tokens) runs at every start
-    features = frozenset({"json_schema", "logprobs"})
+    FEATURES = frozenset({"json_schema", "logprobs"})
 
     def __init__(
         self,
@@ -450,8 +501,13 @@ class LlamaCppEngine:
         engine_process: bool = True,
         kv_cache_tokens: int | None = None,
         stream_interval_ms: float = 0.0,
+        direct_stream: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
+        # The engine process writes plain text events to the client socket itself.
+        self.features = self.FEATURES | (
+            {"direct_stream"} if engine_process and direct_stream else set()
+        )
         self.n_ctx = n_ctx  # per request (per slot); the KV cache holds n_parallel times it
         self.n_threads = n_threads or default_threads()  # the CPUs we may use, not the host's
         self.n_parallel = n_parallel
@@ -535,9 +591,21 @@ class LlamaCppEngine:
 
     # --- prompts ---------------------------------------------------------------------------
     def _tokenize(self, text: str, add_bos: bool) -> list[int]:
-        if self._vocab is None:
+        import llama_cpp
+
+        vocab = self._vocab
+        if vocab is None:
             raise RuntimeError("engine is not loaded")
-        return list(self._vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        data = text.encode("utf-8")
+        # One llama_tokenize call into a buffer that surely fits (no more tokens than bytes,
+        # plus BOS): LlamaModel.tokenize sizes it by n_ctx_train, 0 for a vocabulary-only load,
+        # so it always tokenized twice (0.2 ms each for a short chat).
+        room = len(data) + 2
+        buffer = (llama_cpp.llama_token * room)()
+        n = llama_cpp.llama_tokenize(vocab.vocab, data, len(data), buffer, room, add_bos, True)
+        if n < 0:
+            return list(vocab.tokenize(data, add_bos=add_bos, special=True))
+        return buffer[:n]
 
     async def _tokenize_async(self, text: str, add_bos: bool) -> list[int]:
         # The vocabulary is read-only, so tokenizing need not wait for the scheduler. A short
@@ -575,8 +643,14 @@ class LlamaCppEngine:
             grammar_for(params.json_schema)
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: Cancellation | None = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        cancel: Cancellation | None = None,
+        direct: DirectStream | None = None,
     ) -> AsyncIterator[GenerationChunk]:
+        """With `direct` (feature "direct_stream"), the text goes to its socket and this
+        yields only the last chunk, with no text, once `direct` holds the report."""
         # The bridge's generator itself, not one wrapped in another: one layer less per token.
         engine_core = self.core
         if engine_core is None:
@@ -587,7 +661,12 @@ class LlamaCppEngine:
         def start(emit: Emit) -> None:
             nonlocal handle
             # Raises EngineUnavailable while a crashed engine process restarts.
-            handle = engine_core.submit(prompt.token_ids, params, cancel, emit)
+            if direct is None:
+                handle = engine_core.submit(prompt.token_ids, params, cancel, emit)
+                return
+            assert isinstance(engine_core, ProcessCore)
+            handle = engine_core.submit(prompt.token_ids, params, cancel, emit, direct)
+            direct.interrupt = functools.partial(engine_core.interrupt, handle)
 
         def release() -> None:
             if handle is not None:
@@ -617,4 +696,5 @@ def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
         engine_process=settings.engine_process,
         kv_cache_tokens=settings.kv_cache_tokens,
         stream_interval_ms=settings.stream_interval_ms,
+        direct_stream=settings.direct_stream,
     )

@@ -6,20 +6,26 @@ server down, or in the API process (`InProcessCore`, ENGINE_PROCESS=false), whic
 compares it with.
 
 The wire protocol, pickled objects over two one-way pipes:
-- API -> core: the `CoreConfig` first; then ("submit", id, token_ids, SamplingParams),
-  ("cancel", id), ("stop",).
+- API -> core: the `CoreConfig` first; then ("submit", id, token_ids, SamplingParams, direct),
+  ("cancel", id), ("stop",). `direct` is None, or (head, tail, chunked) of a direct stream
+  (`engines.base.DirectStream`), whose client socket follows as one SCM_RIGHTS message.
 - core -> API: ("ready", system_info, n_ctx_per_slot), ("failed", message) at start-up; then one ("step", events,
   records, pending) per scheduler iteration, where an event is (id, GenerationChunk),
   (id, (text,)) for a plain text chunk (most of them: a tuple unpickles 4x faster than the
   dataclass), or (id, error message). With a stream interval (STREAM_INTERVAL_MS), a stream's
   plain text chunks are held and joined until the interval has passed since its last one.
+  A direct stream's text goes to its socket instead (`direct.py`); its end is an
+  (id, DirectReport) followed by its last chunk with no text, or by an error ("cancelled" when
+  it was cancelled).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
+from genai_service.engines.llama_cpp.direct import DirectWriter
 from genai_service.engines.llama_cpp.scheduler import BatchScheduler, Emit, Record
 
 # The self-test prompt: long enough (over 64 tokens) that its prefill takes llama.cpp's batched
@@ -203,8 +210,26 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
         outbox.append((req_id, ("".join(held.parts),)))
         held.parts = []
 
+    # Direct streams (their text goes to the client's socket). Added by the main thread before
+    # the submit, otherwise used on the scheduler thread only.
+    directs: dict[int, DirectWriter] = {}
+
+    def end_direct(req_id: int) -> bool:
+        writer = directs.pop(req_id, None)
+        if writer is None:
+            return False
+        outbox.append((req_id, writer.report()))
+        return True
+
     def flush() -> None:
         # Scheduler thread: the step's chunks and metric records as one message.
+        if directs:
+            for req_id, writer in list(directs.items()):
+                if writer.cancel.cancelled:  # by the API, or the client hung up
+                    if end_direct(req_id):
+                        outbox.append((req_id, "cancelled"))
+                elif writer.pending:
+                    writer.retry()
         if holding:
             now = time.monotonic()
             for req_id, held in list(holding.items()):
@@ -231,6 +256,25 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     send(("ready", system_info(), scheduler.n_ctx_per_slot))
 
     cancels: dict[int, Cancellation] = {}
+    command_socket = socket.socket(fileno=os.dup(commands.fileno()))  # for recv_fds
+
+    def direct_emitter(req_id: int, writer: DirectWriter) -> Emit:
+        def emit(item: GenerationChunk | BaseException) -> None:
+            if req_id not in directs:
+                return  # ended already (cancelled): the API process has its report
+            if isinstance(item, BaseException):
+                end_direct(req_id)
+                outbox.append((req_id, str(item) or type(item).__name__))
+                cancels.pop(req_id, None)
+                return
+            if item.text:
+                writer.text(item.text)
+            if item.finish_reason is not None:
+                end_direct(req_id)
+                outbox.append((req_id, dataclasses.replace(item, text="")))
+                cancels.pop(req_id, None)
+
+        return emit
 
     def emitter(req_id: int) -> Emit:
         held = _Held()
@@ -265,10 +309,16 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
             break  # the API process is gone
         kind = message[0]
         if kind == "submit":
-            _, req_id, tokens, params = message
+            _, req_id, tokens, params, direct = message
             cancel = cancels[req_id] = Cancellation()
+            emit = emitter(req_id)
+            if direct is not None:
+                # The client's socket, sent right after the message (SCM_RIGHTS).
+                _, (fd,), _, _ = socket.recv_fds(command_socket, 1, 1)
+                writer = directs[req_id] = DirectWriter(fd, *direct, cancel)
+                emit = direct_emitter(req_id, writer)
             try:
-                scheduler.submit(tokens, params, cancel, emitter(req_id))
+                scheduler.submit(tokens, params, cancel, emit)
             except RuntimeError:
                 # The scheduler thread died (a bug, already logged): let the supervisor restart us.
                 send(("step", [(req_id, "engine stopped")], [], 0))
@@ -280,3 +330,5 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
         elif kind == "stop":
             break
     scheduler.close()
+    for writer in directs.values():
+        writer.close()
