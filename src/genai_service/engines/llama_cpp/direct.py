@@ -18,7 +18,8 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
 from genai_service.engines.base import Cancellation
 
-_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+# Non-blocking whatever the socket's own mode; no SIGPIPE (Linux; Python ignores it anyway).
+_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def frame(head: bytes, tail: bytes, text: str, chunked: bool) -> bytes:
