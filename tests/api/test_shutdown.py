@@ -58,6 +58,37 @@ def serve(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes],
             server.wait()
 
 
+def stream_chat(
+    base: str,
+    content: str,
+    max_tokens: int,
+    seed: int,
+    events: list[str],
+    started: threading.Event,
+    after: int = 1,
+) -> None:
+    """Stream one chat into `events` (its `data:` payloads); `started` is set once `after` have
+    come, and at the end."""
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "seed": seed,
+        "stream": True,
+    }
+    with (
+        httpx.Client(timeout=120) as http,
+        http.stream("POST", f"{base}/v1/chat/completions", json=body) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) >= after:
+                    started.set()
+    started.set()
+
+
 def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
     with serve(
         tmp_path,
@@ -67,26 +98,13 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path) -> None:
         endings: list[list[str]] = [[] for _ in range(STREAMS)]
         started = [threading.Event() for _ in range(STREAMS)]
 
-        def stream(i: int) -> None:
-            body = {
-                "model": "smollm2",
-                "messages": [{"role": "user", "content": "Tell me a long story about a ship."}],
-                "max_tokens": 160,
-                "temperature": 0.8,
-                "seed": i,
-                "stream": True,
-            }
-            with (
-                httpx.Client(timeout=120) as http,
-                http.stream("POST", f"{base}/v1/chat/completions", json=body) as response,
-            ):
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        endings[i].append(line[6:])
-                        started[i].set()
-            started[i].set()
-
-        threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
+        threads = [
+            threading.Thread(
+                target=stream_chat,
+                args=(base, "Tell me a long story about a ship.", 160, i, endings[i], started[i]),
+            )
+            for i in range(STREAMS)
+        ]
         for thread in threads:
             thread.start()
         for event in started:
@@ -136,27 +154,10 @@ def test_drain_timeout_ends_a_stream_the_engine_writes_with_an_error_event(tmp_p
         events: list[str] = []
         started = threading.Event()
 
-        def stream() -> None:
-            body = {
-                "model": "smollm2",
-                "messages": [{"role": "user", "content": "Tell me a very long story."}],
-                "max_tokens": 450,
-                "temperature": 0.8,
-                "seed": 1,
-                "stream": True,
-            }
-            with (
-                httpx.Client(timeout=120) as http,
-                http.stream("POST", f"{base}/v1/chat/completions", json=body) as response,
-            ):
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        events.append(line[6:])
-                        if len(events) > 3:
-                            started.set()
-            started.set()
-
-        thread = threading.Thread(target=stream)
+        thread = threading.Thread(
+            target=stream_chat,
+            args=(base, "Tell me a very long story.", 450, 1, events, started, 4),
+        )
         thread.start()
         assert started.wait(60)
         os.killpg(server.pid, signal.SIGTERM)
