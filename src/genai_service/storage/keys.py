@@ -164,6 +164,10 @@ async def add_tokens(
     totals: dict[tuple[str, datetime], int] = {}
     for key_id, when, tokens in usage:
         totals[(key_id, day_window(when))] = totals.get((key_id, day_window(when)), 0) + tokens
+    if not totals:
+        # Nothing keyed in this batch (authentication off, or only env keys): no counter to
+        # touch, and the old ones go with the next keyed batch (a DELETE per request otherwise).
+        return
     for (key_id, day), tokens in sorted(totals.items()):
         stmt = _upsert(dialect).values(
             key_id=key_id, period="day", window_start=day, requests=0, tokens=tokens
