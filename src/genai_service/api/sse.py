@@ -132,6 +132,11 @@ class _Lent:
     def active(self) -> bool:
         return self.hand_off is not None and self.hand_off.active
 
+    def take_back(self) -> None:
+        """Before the API process writes again: the engine has reported (or died)."""
+        if self.hand_off is not None:
+            self.hand_off.take_back()
+
 
 def _lend(generations: list[Generation], fmt: StreamFormat, lent: _Lent) -> None:
     """Hand the socket to the engine for this stream where that can be done."""
@@ -166,8 +171,7 @@ async def sse_events(
         _lend(generations, fmt, lent)
         lasts: dict[int, GenerationChunk] = {}
         async for index, chunk in _merged(generations):
-            if lent.hand_off is not None:
-                lent.hand_off.take_back()  # the engine reported: its text is all out
+            lent.take_back()  # a direct stream's one chunk comes after the engine's report
             if chunk.text or chunk.logprobs:
                 event = fmt.delta(chunk, index)
                 if event.__class__ is bytes:
@@ -185,19 +189,16 @@ async def sse_events(
     except asyncio.CancelledError:
         raise
     except APIError as exc:
-        if lent.hand_off is not None:
-            lent.hand_off.take_back()
+        lent.take_back()
         yield _data(json.dumps(exc.body()))
     except EngineUnavailable as exc:
         # The engine process crashed mid-stream: say so; nothing was stored, a retry will work.
         log.warning("stream_engine_unavailable", error=str(exc))
-        if lent.hand_off is not None:
-            lent.hand_off.take_back()
+        lent.take_back()
         yield _data(json.dumps(engine_unavailable(str(exc)).body()))
     except Exception:
         log.exception("stream_failed")
-        if lent.hand_off is not None:
-            lent.hand_off.take_back()
+        lent.take_back()
         # Headers are gone already: the error travels as an SSE event the SDKs understand.
         yield _data(
             json.dumps(error_body("The server had an error while generating.", "server_error"))

@@ -194,6 +194,11 @@ class DirectStream:
     # the consumer stopped first (a client that hung up).
     on_end: Callable[[], None] | None = None
 
+    @property
+    def report_due(self) -> bool:
+        """The engine took the socket (it set `interrupt`) and has not reported yet."""
+        return self.interrupt is not None and not self.ended
+
     def end(self, unsent: bytes, text: str, first_at: float | None, gaps: list[float]) -> None:
         self.ended = True
         self.unsent, self.text, self.first_at, self.gaps = unsent, text, first_at, gaps

@@ -437,8 +437,9 @@ class Generation:
             self.lease.release()
             if status != "ok":
                 metrics.REQUESTS.labels(model, status).inc()
-            if direct is not None and not direct.ended:
+            if direct is not None and direct.report_due:
                 # The engine wrote to a client that left: count what it wrote once it reports.
+                # (A submit that failed gave it no socket: recorded now, as any other.)
                 self._usage_deferred = True
                 direct.on_end = functools.partial(self._direct_left, direct, status, started, itl)
             else:

@@ -5,7 +5,7 @@ It runs either in its own process (the default: `ProcessCore` in `client.py` sta
 server down, or in the API process (`InProcessCore`, ENGINE_PROCESS=false), which `bench/`
 compares it with.
 
-The wire protocol, pickled objects over two one-way pipes:
+The wire protocol, pickled objects over two pipes (the API -> core one a Unix socket pair):
 - API -> core: the `CoreConfig` first; then ("submit", id, token_ids, SamplingParams, direct),
   ("cancel", id), ("stop",). `direct` is None, or (head, tail, chunked) of a direct stream
   (`engines.base.DirectStream`), whose client socket follows as one SCM_RIGHTS message.
