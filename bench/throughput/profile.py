@@ -15,9 +15,10 @@ the same levels and reads its process's CPU per token the same way: its decode, 
 HTTP work in C++. Our CPU per token minus its CPU per token is what the Python path costs over
 C++ for the same tokens, whatever the machine's syscall and cache costs (both pay those).
 
-Python overhead per token = API process CPU + (engine CPU - CPU inside llama_decode), per
-generated token. With n threads, llama_decode's CPU is counted as `decode wall x threads`
-minus nothing: ggml's workers spin between graphs, which /proc counts as llama_decode's too.
+Python overhead per token = the API process's CPU + the scheduler thread's CPU outside
+`llama_decode` (`genai_engine_host_cpu_seconds_total`: batching, sampling, text, socket writes),
+per generated token. Both are CPU time: a moment the scheduler waits for a core that the decode
+threads hold is not overhead (the "step wall outside decode" column still shows it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ COUNTERS = (
     "genai_engine_step_seconds_total",
     "genai_engine_decode_seconds_total",
     "genai_engine_step_tokens_total",
+    "genai_engine_host_cpu_seconds_total",
 )
 
 
@@ -113,13 +115,16 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
         "engine_cpu_us_per_token": engine_cpu * us,
         "decode_wall_us_per_token": decode_wall * us,
         "step_python_us_per_token": (step_wall - decode_wall) * us,
+        "engine_host_cpu_us_per_token": delta["genai_engine_host_cpu_seconds_total"] * us,
+        "api_cpu_ms_per_request": api_cpu * 1000 / (concurrency * per_stream),
         "engine_loop_wall_us_per_token": step_wall * us,
         "tokens_per_step": delta["genai_engine_step_tokens_total"] / steps,
         "decode_ms_per_step": decode_wall / steps * 1000,
         "ttft_p50_ms": level.ttft_p50 * 1000,
     }
-    # Python around each token: the API process, plus the step's Python work (outside decode).
-    row["python_us_per_token"] = row["api_cpu_us_per_token"] + row["step_python_us_per_token"]
+    # Python around each token: the API process's CPU, plus the scheduler thread's CPU outside
+    # llama_decode (CPU, not wall: a wait for a core the decode threads hold is not overhead).
+    row["python_us_per_token"] = row["api_cpu_us_per_token"] + row["engine_host_cpu_us_per_token"]
     return row
 
 
@@ -331,15 +336,17 @@ async def _warm(server: bench.Server) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| streams | tok/s | wall µs/tok | API CPU µs/tok | engine CPU µs/tok | llama_decode wall "
-        "µs/tok | step Python µs/tok | Python µs/tok (API + step) | tokens/step |"
+        "| streams | tok/s | wall µs/tok | API CPU µs/tok (ms/request) | engine CPU µs/tok |"
+        " llama_decode wall µs/tok | step wall outside decode µs/tok | scheduler CPU outside"
+        " decode µs/tok | Python µs/tok (API + scheduler CPU) | tokens/step |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['concurrency']} | {r['tok_s']:.1f} | {r['wall_us_per_token']:.0f} |"
-            f" {r['api_cpu_us_per_token']:.0f} | {r['engine_cpu_us_per_token']:.0f} |"
-            f" {r['decode_wall_us_per_token']:.0f} | {r['step_python_us_per_token']:.0f} |"
+            f" {r['api_cpu_us_per_token']:.0f} ({r['api_cpu_ms_per_request']:.1f}) |"
+            f" {r['engine_cpu_us_per_token']:.0f} | {r['decode_wall_us_per_token']:.0f} |"
+            f" {r['step_python_us_per_token']:.0f} | {r['engine_host_cpu_us_per_token']:.0f} |"
             f" {r['python_us_per_token']:.0f} | {r['tokens_per_step']:.1f} |"
         )
     return "\n".join(lines)

@@ -50,6 +50,12 @@ ENGINE_DECODE_SECONDS = Counter(
 ENGINE_STEP_TOKENS = Counter(
     "genai_engine_step_tokens", "Tokens sampled by the engine's batch steps.", ["model"]
 )
+ENGINE_HOST_CPU_SECONDS = Counter(
+    "genai_engine_host_cpu_seconds",
+    "CPU time of the engine's scheduler thread outside llama_decode: building batches, "
+    "sampling, text and stop checks, sending tokens (the per-token overhead around the model).",
+    ["model"],
+)
 TTFT = Histogram(
     "genai_time_to_first_token_seconds",
     "From submission to the first generated token.",
@@ -157,13 +163,15 @@ class EngineRecorder:
         self._step_s = ENGINE_STEP_SECONDS.labels(model)
         self._decode_s = ENGINE_DECODE_SECONDS.labels(model)
         self._step_tokens = ENGINE_STEP_TOKENS.labels(model)
+        self._host_cpu = ENGINE_HOST_CPU_SECONDS.labels(model)
 
     def __call__(self, kind: str, value: Any) -> None:
         if kind == "prefix_reused":
             self._prefix.inc(value)
-        elif kind == "steps":  # (steps, step seconds, decode seconds, tokens) since the last
-            steps, step_s, decode_s, tokens = value
+        elif kind == "steps":  # (steps, step s, decode s, tokens, host CPU s) since the last
+            steps, step_s, decode_s, tokens, host_cpu_s = value
             self._steps.inc(steps)
             self._step_s.inc(step_s)
             self._decode_s.inc(decode_s)
             self._step_tokens.inc(tokens)
+            self._host_cpu.inc(host_cpu_s)

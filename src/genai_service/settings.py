@@ -172,7 +172,9 @@ class Settings(BaseSettings):
         256, ge=1, description="Prompt tokens prefilled per step while other requests decode."
     )
     prefix_cache: bool = Field(
-        True, description="Reuse the KV of a shared prompt prefix (e.g. a system prompt)."
+        True,
+        description="Each slot keeps the KV of its last prompt and reply; a prompt that starts "
+        "the same way (a system prompt, a repeated question, a chat's next turn) reuses it.",
     )
     batch_invariant: bool = Field(
         False,

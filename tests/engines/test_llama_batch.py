@@ -94,6 +94,70 @@ async def test_shared_system_prompt_is_reused(engine: LlamaCppEngine) -> None:
         await cold.close()
 
 
+async def test_a_repeated_prompt_and_the_next_turn_reuse_the_slot_cache(
+    engine: LlamaCppEngine,
+) -> None:
+    # Each slot keeps its last prompt and reply (as llama-server's slot cache): asking the
+    # same thing again decodes one prompt token, and a chat's next turn only its new tokens.
+    reused = metrics.PREFIX_REUSED_TOKENS.labels(engine.info.id)
+    turn = [ChatMessage("user", "Name three rivers in Europe.")]
+    first_prompt = await engine.chat_prompt(turn)
+    first = await collect(engine.stream(first_prompt, greedy(12)))
+    before = reused._value.get()
+    again = await collect(engine.stream(first_prompt, greedy(12)))
+    assert reused._value.get() - before == len(first_prompt.token_ids) - 1
+    assert again.text == first.text
+
+    history = [*turn, ChatMessage("assistant", first.text), ChatMessage("user", "And lakes?")]
+    second_prompt = await engine.chat_prompt(history)
+    before = reused._value.get()
+    second = await collect(engine.stream(second_prompt, greedy(6)))
+    # The previous prompt and most of the reply came from the cache (the template's own
+    # tokens around the reply may differ from the generated ones).
+    assert reused._value.get() - before > len(first_prompt.token_ids) + 6
+    cold = LlamaCppEngine(embedded_model_path(), n_parallel=1, prefix_cache=False, **OPTIONS)  # type: ignore[arg-type]
+    await cold.load()
+    try:
+        assert (await collect(cold.stream(second_prompt, greedy(6)))).text == second.text
+    finally:
+        await cold.close()
+    await wait_idle(engine)
+
+
+async def test_the_unified_slot_cache_gives_a_fresh_prompts_greedy_text() -> None:
+    # The default layout: cached slots share one buffer. Whatever the cache held, a reused
+    # prefix must give the text a cold engine gives (the new cells follow the kept ones).
+    system = ChatMessage("system", "You are a terse assistant. " * 6)
+    turns = [
+        [system, ChatMessage("user", "Name a fruit.")],
+        [system, ChatMessage("user", "Name a colour.")],
+        [system, ChatMessage("user", "Name a fruit.")],
+    ]
+    warm = LlamaCppEngine(embedded_model_path(), n_ctx=512, n_parallel=2, n_threads=1)
+    cold = LlamaCppEngine(
+        embedded_model_path(), n_ctx=512, n_parallel=2, n_threads=1, prefix_cache=False
+    )
+    await warm.load()
+    await cold.load()
+    try:
+        reused = metrics.PREFIX_REUSED_TOKENS.labels(warm.info.id)
+        before = reused._value.get()
+        first = await collect(warm.stream(await warm.chat_prompt(turns[0]), greedy(10)))
+        turns.append(
+            [*turns[0], ChatMessage("assistant", first.text), ChatMessage("user", "Another?")]
+        )
+        # Each prompt after the first finds some of itself cached, in a slot whose cache also
+        # holds other tokens (another question, the reply) that the reuse cuts.
+        for messages in [*turns, *turns]:
+            hot = await collect(warm.stream(await warm.chat_prompt(messages), greedy(10)))
+            fresh = await collect(cold.stream(await cold.chat_prompt(messages), greedy(10)))
+            assert hot.text == fresh.text and hot.text
+        assert reused._value.get() - before > 300
+    finally:
+        await warm.close()
+        await cold.close()
+
+
 async def test_cancel_mid_batch_frees_the_slot(engine: LlamaCppEngine) -> None:
     prompts = [await engine.text_prompt(text) for text, _ in PROMPTS[:3]]
     solo = await collect(engine.stream(prompts[1], greedy(10)))
@@ -166,6 +230,11 @@ async def test_unified_kv_admits_what_fits_and_the_rest_waits() -> None:
             assert result.text and result.finish_reason in ("stop", "length")
         await wait_idle(engine)
         assert engine.pending == 0
+        # The slots kept those prompts and replies; a request that needs nearly the whole
+        # buffer takes their cells back (least recently used first) instead of waiting.
+        long = await engine.text_prompt(PROMPTS[-1][0])
+        done = await collect(engine.stream(long, greedy(256 - len(long.token_ids) - 8)))
+        assert done.completion_tokens > 0 and done.finish_reason in ("stop", "length")
     finally:
         await engine.close()
 

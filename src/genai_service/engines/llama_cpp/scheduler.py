@@ -14,10 +14,15 @@ bandwidth, so one step over many sequences costs little more than a step over on
   With `batch_invariant` each slot gets its own region instead (`kv_unified=False`, what the
   invariance relies on). Finished or cancelled requests leave at once and their cells are freed
   with `llama_memory_seq_rm`. New requests join between steps.
-- Prefix reuse: an extra sequence (the prefix store) keeps the KV of the last prompt; a new
-  request sharing its first tokens (a common system prompt) copies the store's region and
-  drops the tail instead of recomputing the prefix.
-- Each request has its own sampler chain (seeded, greedy at temperature 0).
+- Prefix reuse (as llama-server's slot cache): a slot keeps the KV of its last prompt and reply
+  after the request leaves. A new request takes the free slot whose cache shares most of its
+  first tokens (a repeated question, the next turn of a chat, a common system prompt) and cuts
+  the rest, or shares the prefix of a running request; it decodes only what is new. Otherwise
+  it takes an empty slot, or the least recently used one. Cached slots give up their cells,
+  least recently used first, when a request needs them.
+- Each request has its own sampler chain (seeded). Plain greedy (temperature 0, no schema)
+  skips it: numpy's argmax over the step's logits rows picks the same token (the first
+  highest) without llama.cpp's sampler copying the whole vocabulary into candidates per token.
 - Metrics go through `record(kind, value)` (see `metrics.EngineRecorder`), so the scheduler can
   run in the engine process and the API process still exports them.
 - Batch invariance (optional): llama.cpp's CPU kernels pick code paths by batch shape (a single
@@ -73,12 +78,14 @@ class _Request:
     n_past: int = 0  # tokens of this sequence already in the KV cache
     next_token: int = -1  # sampled, not yet decoded
     sampler: Any = None
+    argmax: bool = False  # plain greedy: the highest logit, no sampler chain
     generated: int = 0
     budget: int = 0
     reserved: int = 0  # KV cells promised to it (unified buffer)
     stops: StopDetector | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
+    sampled: list[int] = field(default_factory=list)  # generated tokens (the last not decoded)
 
     @property
     def prefilling(self) -> bool:
@@ -130,11 +137,9 @@ class BatchScheduler:
         self.step_tokens = (
             max(self.prefill_chunk, n_parallel) if batch_invariant else max(n_batch, n_parallel)
         )
-        # Sequences: the slots, then the scratch sequence, then the prefix store.
+        # Sequences: the slots, then the scratch sequence.
         self._scratch_seq = n_parallel
-        self._store_seq = n_parallel + 1
-        self._store: list[int] = []
-        n_seq = n_parallel + 2
+        n_seq = n_parallel + 1
 
         self.unified = not batch_invariant
         params = llama_cpp.llama_context_default_params()
@@ -164,11 +169,15 @@ class BatchScheduler:
         self._n = 0
         self._piece = ctypes.create_string_buffer(256)
         self._prefill_turn = False
-        # The engine's own counters (steps, step s, decode s, tokens), recorded every few steps.
-        self._counters = [0, 0.0, 0.0, 0]
+        # The engine's own counters, recorded every few steps: steps, step s, decode s, tokens,
+        # and this thread's CPU s outside llama_decode (its Python, sampling, socket writes).
+        self._counters = [0, 0.0, 0.0, 0, 0.0]
 
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._free_seqs = list(range(n_parallel - 1, -1, -1))
+        # Free slots, least recently used first; `_cached`: the tokens whose KV a free slot kept.
+        self._free_seqs = list(range(n_parallel))
+        self._cached: dict[int, list[int]] = {}
+        self._cached_cells = 0
         self._running: list[_Request] = []
         self.pending = 0  # submitted, not yet given a slot
         self._lock = threading.Lock()
@@ -210,14 +219,17 @@ class BatchScheduler:
                     return
                 self._drop_cancelled()
                 if self._running:
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), time.thread_time()
                     self._step()
+                    self._flush()
                     counters = self._counters
                     counters[0] += 1
                     counters[1] += time.perf_counter() - started
+                    counters[4] += time.thread_time() - cpu
                     if counters[0] >= _COUNTERS_EVERY:
                         self._record_counters()
-                self._flush()
+                else:
+                    self._flush()
         except BaseException as exc:  # a bug here must not hang every waiting client
             log.exception("batch_scheduler_failed")
             self._closed = True
@@ -265,50 +277,88 @@ class BatchScheduler:
         return True
 
     def _fits(self, req: _Request) -> bool:
-        """Whether its prompt and whole reply fit in the unified buffer's unpromised cells."""
+        """Whether its prompt and whole reply fit in the unified buffer's cells not promised to
+        running requests (cached slots give theirs up)."""
         if not self.unified or not self._running:
             return True
         need = len(req.tokens) + min(req.params.max_tokens, self.n_ctx_per_slot)
-        return self._reserved + len(self._store) + need <= self.kv_cells
+        return self._reserved + need <= self.kv_cells
 
     def _record_counters(self) -> None:
         if self._counters[0]:
             self._record("steps", tuple(self._counters))
-            self._counters = [0, 0.0, 0.0, 0]
+            self._counters = [0, 0.0, 0.0, 0, 0.0]
 
     def _start(self, req: _Request) -> None:
-        lc = self._lc
         params = req.params
         req.budget = min(params.max_tokens, self.n_ctx_per_slot - len(req.tokens))
         req.stops = StopDetector(params.stop)
         if req.budget <= 0 or not req.tokens:
             self._finish(req, "length")
             return
-        req.sampler = self._make_sampler(params)  # may raise (a bad grammar): before the slot
-        if self.unified and self._reserved + len(self._store) + len(req.tokens) + req.budget > (
-            self.kv_cells
-        ):
-            self._drop_store()  # alone in the buffer, or the store would crowd it out
-        req.seq = self._free_seqs.pop()
+        req.argmax = params.temperature <= 0 and params.json_schema is None
+        if not req.argmax:
+            req.sampler = self._make_sampler(params)  # may raise (a bad grammar): before the slot
+        req.seq, n = self._take_slot(req.tokens)
+        req.n_past = n
+        if n:
+            self._record("prefix_reused", n)
         req.reserved = len(req.tokens) + req.budget
         self._reserved += req.reserved
         self._running.append(req)
-        # Reuse the stored prefix; at least one prompt token is decoded to get logits.
-        if self.prefix_cache and self._store:
-            n = _common_prefix(self._store, req.tokens, len(req.tokens) - 1)
-            if n > 0:
-                # Copy the whole store (unified: shares its cells), then cut its tail.
-                lc.llama_memory_seq_cp(self._mem, self._store_seq, req.seq, -1, -1)
-                lc.llama_memory_seq_rm(self._mem, req.seq, n, -1)
-                req.n_past = n
-                self._record("prefix_reused", n)
-            if self.unified and n < len(self._store):
-                # Unified cells are shared, not copied: free the store's unshared tail now, so
-                # this prompt's new cells follow its shared ones in the buffer instead of filling
-                # that hole later. Attention visits cells in buffer order; the same order as a
-                # fresh prompt keeps a greedy reply the same (same seed, same text).
-                lc.llama_memory_seq_rm(self._mem, self._store_seq, n, -1)
-                self._store = self._store[:n]
+        if self.unified:
+            while self._cached and self._reserved + self._cached_cells > self.kv_cells:
+                self._evict(self._oldest_cached())
+
+    def _take_slot(self, tokens: list[int]) -> tuple[int, int]:
+        """A free slot for this prompt and how many of its first tokens the slot already holds.
+
+        At least the last prompt token is left to decode: its logits give the first token."""
+        lc = self._lc
+        limit = len(tokens) - 1
+        best, source = 0, -1
+        if self.prefix_cache and limit > 0:
+            for seq, cached in self._cached.items():
+                n = _common_prefix(cached, tokens, limit)
+                if n > best:
+                    best, source = n, seq
+            for other in self._running:
+                n = _common_prefix(other.tokens, tokens, min(limit, other.n_past))
+                if n > best:
+                    best, source = n, other.seq
+        if source in self._cached:
+            # Keep that slot's cells in place and cut the rest (as llama-server picks the most
+            # similar slot). The cut frees the cells right after the kept ones, and llama.cpp
+            # puts this prompt's new cells there: attention visits cells in buffer order, and
+            # the same order as a fresh prompt keeps a greedy reply the same. (A prefix shared
+            # into another slot would be followed by cells anywhere in the buffer.)
+            self._free_seqs.remove(source)
+            self._uncache(source)
+            lc.llama_memory_seq_rm(self._mem, source, best, -1)
+            return source, best
+        # An empty slot if there is one, else the least recently used cached one.
+        empty = [s for s in self._free_seqs if s not in self._cached]
+        seq = empty[0] if empty else self._free_seqs[0]
+        self._free_seqs.remove(seq)
+        if seq in self._cached:
+            self._evict(seq)
+        if best:
+            # The prefix of a running request. Unified: the copy shares its cells. Separate
+            # regions: llama.cpp copies only a whole region, so copy it all and cut the tail.
+            lc.llama_memory_seq_cp(self._mem, source, seq, -1, -1)
+            lc.llama_memory_seq_rm(self._mem, seq, best, -1)
+        return seq, best
+
+    def _oldest_cached(self) -> int:
+        return next(s for s in self._free_seqs if s in self._cached)
+
+    def _uncache(self, seq: int) -> None:
+        self._cached_cells -= len(self._cached.pop(seq))
+
+    def _evict(self, seq: int) -> None:
+        """Drop a free slot's cached KV."""
+        self._uncache(seq)
+        self._lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         lc = self._lc
@@ -337,12 +387,18 @@ class BatchScheduler:
         for req in [r for r in self._running if r.cancel.cancelled]:
             self._release(req)
 
-    def _release(self, req: _Request) -> None:
-        """Leave the batch: free the sequence's cells, its sampler and its slot."""
+    def _release(self, req: _Request, *, keep: bool = True) -> None:
+        """Leave the batch: free its sampler and its slot; the slot keeps the KV of the prompt
+        and reply for the next request that starts the same way (unless `keep` is off)."""
         if req in self._running:
             self._running.remove(req)
         if req.seq >= 0:
-            self._lc.llama_memory_seq_rm(self._mem, req.seq, -1, -1)
+            held = (req.tokens + req.sampled)[: req.n_past]
+            if keep and self.prefix_cache and held:
+                self._cached[req.seq] = held
+                self._cached_cells += len(held)
+            else:
+                self._lc.llama_memory_seq_rm(self._mem, req.seq, -1, -1)
             self._free_seqs.append(req.seq)
             req.seq = -1
         if req.sampler is not None:
@@ -350,11 +406,6 @@ class BatchScheduler:
             req.sampler = None
         self._reserved -= req.reserved
         req.reserved = 0
-
-    def _drop_store(self) -> None:
-        if self._store:
-            self._lc.llama_memory_seq_rm(self._mem, self._store_seq, -1, -1)
-            self._store = []
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         batch, n = self._batch, self._n
@@ -444,13 +495,16 @@ class BatchScheduler:
         if scratch is not None:
             # An idle sequence next to it: llama.cpp's graph spans every KV region between
             # the lowest and highest sequence of a step, so a distant one costs time.
-            spare = min([*self._free_seqs, self._scratch_seq], key=lambda s: abs(s - scratch))
+            empty = [s for s in self._free_seqs if s not in self._cached]
+            spare = min([*empty, self._scratch_seq], key=lambda s: abs(s - scratch))
             self._add(0, 0, spare, True)
         self._batch.n_tokens = self._n
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         rc = lc.llama_decode(self._ctx, self._batch)
-        self._counters[2] += time.perf_counter() - started
-        self._counters[3] += len(outputs)
+        counters = self._counters
+        counters[2] += time.perf_counter() - started
+        counters[3] += len(outputs)
+        counters[4] -= time.thread_time() - cpu
         if spare >= 0:
             lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
         if rc != 0:
@@ -459,29 +513,18 @@ class BatchScheduler:
             failed = {r for r, _ in outputs} | set(prefilled or ())
             for req in failed:
                 req.emit(error)
-                self._release(req)
+                self._release(req, keep=False)
             return
-        if self.prefix_cache:
-            for req in prefilled or ():
-                if not req.prefilling:
-                    self._remember_prefix(req)
         for req, idx in outputs:
-            token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
+            if req.argmax:
+                token = int(self._logits(idx).argmax())
+            else:
+                token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
             self._on_token(req, token, idx)
 
-    def _remember_prefix(self, req: _Request) -> None:
-        # Keep the newest prompt's KV for the next request that starts the same way.
-        if req.tokens[: len(self._store)] == self._store and len(req.tokens) <= len(self._store):
-            return
-        lc = self._lc
-        lc.llama_memory_seq_rm(self._mem, self._store_seq, -1, -1)
-        lc.llama_memory_seq_cp(self._mem, req.seq, self._store_seq, -1, -1)
-        self._store = list(req.tokens)
-        if self.unified:
-            # The last prompt token is never reused (its logits are needed), and the cell it
-            # keeps would make the same prompt's next copy decode it out of buffer order.
-            lc.llama_memory_seq_rm(self._mem, self._store_seq, len(self._store) - 1, -1)
-            self._store.pop()
+    def _logits(self, idx: int) -> np.ndarray:
+        """The logits row of batch entry `idx`, as a view (no copy)."""
+        return np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx, idx), (self.n_vocab,))
 
     def _on_token(self, req: _Request, token: int, idx: int) -> None:
         lc = self._lc
@@ -502,6 +545,7 @@ class BatchScheduler:
             self._finish(req, "length")
         else:
             req.next_token = token
+            req.sampled.append(token)
 
     def _token_bytes(self, token: int) -> bytes:
         n = self._lc.llama_token_to_piece(
@@ -511,9 +555,7 @@ class BatchScheduler:
 
     def _logprob(self, idx: int, token: int, piece: bytes, top: int) -> TokenLogprob:
         """The model's own distribution at this row (before sampling or a grammar changed it)."""
-        logits = np.ctypeslib.as_array(
-            self._lc.llama_get_logits_ith(self._ctx, idx), shape=(self.n_vocab,)
-        )
+        logits = self._logits(idx)
         peak = float(logits.max())
         log_total = peak + float(np.log(np.exp(logits - peak).sum()))
         alternatives: tuple[tuple[bytes, float], ...] = ()
@@ -554,8 +596,16 @@ def _take(req: _Request) -> list[TokenLogprob] | None:
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many first tokens a and b share (at most `limit`), by bisection over slice
+    comparisons: each is one C loop, where a Python loop over long prompts is not."""
     n = min(len(a), len(b), limit)
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    if n <= 0 or a[:n] == b[:n]:
+        return max(n, 0)
+    same, differs = 0, n  # a[:same] == b[:same]; the first mismatch is before `differs`
+    while differs - same > 1:
+        mid = (same + differs) // 2
+        if a[same:mid] == b[same:mid]:
+            same = mid
+        else:
+            differs = mid
+    return same
