@@ -124,6 +124,30 @@ async def test_a_repeated_prompt_and_the_next_turn_reuse_the_slot_cache(
     await wait_idle(engine)
 
 
+async def test_a_prompt_shares_the_prefix_of_a_running_request(engine: LlamaCppEngine) -> None:
+    # A system prompt no earlier test used: no cached slot holds it, the running request does.
+    system = ChatMessage("system", "You answer in one short sentence, politely. " * 6)
+    long = await engine.chat_prompt([system, ChatMessage("user", "Tell me about the sea.")])
+    short = await engine.chat_prompt([system, ChatMessage("user", "Name a bird.")])
+    cold = LlamaCppEngine(embedded_model_path(), n_parallel=1, prefix_cache=False, **OPTIONS)  # type: ignore[arg-type]
+    await cold.load()
+    try:
+        alone = await collect(cold.stream(short, greedy(8)))
+    finally:
+        await cold.close()
+    reused = metrics.PREFIX_REUSED_TOKENS.labels(engine.info.id)
+
+    async def joins_late() -> Completion:
+        await asyncio.sleep(0.3)  # the long one is decoding by now
+        return await collect(engine.stream(short, greedy(8)))
+
+    before = reused._value.get()
+    _, joined = await asyncio.gather(collect(engine.stream(long, greedy(60))), joins_late())
+    assert reused._value.get() - before >= 60  # the system turn, from the running request
+    assert joined.text == alone.text
+    await wait_idle(engine)
+
+
 async def test_the_unified_slot_cache_gives_a_fresh_prompts_greedy_text() -> None:
     # The default layout: cached slots share one buffer. Whatever the cache held, a reused
     # prefix must give the text a cold engine gives (the new cells follow the kept ones).
