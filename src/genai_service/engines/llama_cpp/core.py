@@ -22,6 +22,7 @@ The wire protocol, pickled objects over two pipes (the API -> core one a Unix so
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import queue
 import signal
@@ -252,6 +253,10 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     except BaseException as exc:
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    # The collector runs on the scheduler thread between two decodes: keep the start-up's
+    # objects out of its full collections.
+    gc.collect()
+    gc.freeze()
     # Steps sent before this (the self-test's metric records) are dropped by the API process.
     send(("ready", system_info(), scheduler.n_ctx_per_slot))
 
