@@ -1,10 +1,12 @@
 """Throughput under concurrency: genai-service against llama.cpp's own `llama-server`.
 
 Both servers run the same GGUF with the same threads, slots, context per slot and batch
-sizes, one after the other in this invocation. An async load generator streams greedy
+sizes. Both start once and stay up; each concurrency level runs on one, then on the other
+(the order flips every round), so each round gives a paired ratio per level that a slow spell
+of a shared host moves on both sides. An async load generator streams greedy
 `/v1/chat/completions` requests (fixed questions under one system prompt, fixed `max_tokens`) at
-each concurrency level and records time to first token, inter-token latency and aggregate
-output tokens/s. Prints the table with the ratios, writes JSON and a PNG under bench/results/.
+each concurrency level (`ignore_eos`: every reply is `max_tokens` long on both servers) and
+records time to first token, inter-token latency and aggregate output tokens/s. Prints the table with the ratios, writes JSON and a PNG under bench/results/.
 
 `llama-server` is built from the llama.cpp copy vendored in the llama-cpp-python sdist of the
 installed version (the same source as the engine) with the engine's portable build flags
@@ -241,6 +243,7 @@ class Sample:
     ttft: float
     gaps: list[float]
     tokens: int
+    tail: float = 0.0  # the last text event to the end of the response (final events, [DONE])
 
 
 @dataclass
@@ -269,6 +272,9 @@ async def one_request(
         ],
         "max_tokens": max_tokens,
         "temperature": 0,
+        # Both servers generate exactly max_tokens: equal work, whatever either would reply
+        # (two greedy replies differ once a reused prefix rounds differently).
+        "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -295,6 +301,7 @@ async def one_request(
         ttft=arrivals[0] - start,
         gaps=[b - a for a, b in itertools.pairwise(arrivals)],
         tokens=tokens or len(arrivals),
+        tail=time.perf_counter() - arrivals[-1],
     )
 
 
@@ -338,20 +345,20 @@ async def run_level(server: Server, concurrency: int, per_stream: int, max_token
     )
 
 
-async def bench_server(server: Server, args: argparse.Namespace) -> list[Level]:
-    async with httpx.AsyncClient(timeout=600) as http:  # warm caches and threads
+async def warm(server: Server) -> None:
+    async with httpx.AsyncClient(timeout=600) as http:  # caches and threads
         await one_request(http, server, QUESTIONS[0], 8)
-    levels = []
-    for c in args.concurrency:
-        per_stream = args.requests_per_stream * (2 if c == 1 else 1)
-        level = await run_level(server, c, per_stream, args.max_tokens)
-        print(
-            f"  {server.name:14s} c={c:<3d} {level.tokens_per_s:7.1f} tok/s  "
-            f"TTFT p50 {level.ttft_p50 * 1000:7.0f} ms  ITL p50 {level.itl_p50 * 1000:6.1f} ms",
-            flush=True,
-        )
-        levels.append(level)
-    return levels
+
+
+async def bench_level(server: Server, concurrency: int, args: argparse.Namespace) -> Level:
+    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    level = await run_level(server, concurrency, per_stream, args.max_tokens)
+    print(
+        f"  {server.name:14s} c={concurrency:<3d} {level.tokens_per_s:7.1f} tok/s  "
+        f"TTFT p50 {level.ttft_p50 * 1000:7.0f} ms  ITL p50 {level.itl_p50 * 1000:6.1f} ms",
+        flush=True,
+    )
+    return level
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -367,23 +374,39 @@ def median_levels(rounds: list[list[Level]]) -> list[Level]:
     return merged
 
 
-def table(results: dict[str, list[Level]], reference: str) -> str:
+def paired_ratios(rounds: dict[str, list[list[Level]]], reference: str) -> list[list[float]]:
+    """Per level, ours / the reference's tok/s in each round: the two ran back to back, so a
+    slow spell of the host moves both sides of a ratio (the medians of each side may come from
+    different rounds)."""
+    ours, ref = rounds["genai-service"], rounds.get(reference)
+    if not ref:
+        return []
+    return [
+        [a[i].tokens_per_s / b[i].tokens_per_s for a, b in zip(ours, ref, strict=True)]
+        for i in range(len(ours[0]))
+    ]
+
+
+def table(results: dict[str, list[Level]], reference: str, paired: list[list[float]]) -> str:
     ours, ref = results["genai-service"], results.get(reference)
     head = (
         "| streams | server | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms |"
-        " tok/s ratio | TTFT p50 ratio | ITL p50 ratio | tok/s per round | dropped |"
+        " tok/s ratio | TTFT p50 ratio | ITL p50 ratio | paired tok/s ratio (range) |"
+        " tok/s per round | dropped |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for i, level in enumerate(ours):
         rows = [("genai-service", level)] + ([(reference, ref[i])] if ref else [])
         for name, lv in rows:
-            ratio = ["", "", ""]
+            ratio = ["", "", "", ""]
             if ref and name == "genai-service":
                 other = ref[i]
+                pairs = paired[i]
                 ratio = [
                     f"{lv.tokens_per_s / other.tokens_per_s:.2f}x",
                     f"{lv.ttft_p50 / other.ttft_p50:.2f}x",
                     f"{lv.itl_p50 / other.itl_p50:.2f}x",
+                    f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})",
                 ]
             lines.append(
                 f"| {lv.concurrency} | {name} | {lv.tokens_per_s:.1f} | {lv.ttft_p50 * 1000:.0f} |"
@@ -460,19 +483,31 @@ def main() -> None:
         starters.append(("llama-server", lambda log: start_llama_server(args, binary, log)))
     elif args.reference == "in-process":
         starters.append(("in-process", lambda log: start_genai(args, log, engine_process=False)))
+    # Every server starts once and stays up (an idle one costs next to nothing); each level
+    # runs on each server back to back, in the other order the next round, so each round gives
+    # one paired ratio per level.
     rounds: dict[str, list[list[Level]]] = {name: [] for name, _ in starters}
-    for n in range(args.rounds):
+    servers: list[Server] = []
+    try:
         for name, start in starters:
+            servers.append(start(RESULTS / f"throughput-{stamp}-{name}.log"))
+            asyncio.run(warm(servers[-1]))
+        for n in range(args.rounds):
             if args.rounds > 1:
-                print(f"round {n + 1}/{args.rounds}: {name}", flush=True)
-            server = start(RESULTS / f"throughput-{stamp}-{name}.log")
-            try:
-                rounds[name].append(asyncio.run(bench_server(server, args)))
-            finally:
-                server.stop()
+                print(f"round {n + 1}/{args.rounds}", flush=True)
+            order = servers if n % 2 == 0 else servers[::-1]
+            for server in order:
+                rounds[server.name].append([])
+            for c in args.concurrency:
+                for server in order:
+                    rounds[server.name][-1].append(asyncio.run(bench_level(server, c, args)))
+    finally:
+        for server in servers:
+            server.stop()
     results = {name: median_levels(runs) for name, runs in rounds.items()}
+    paired = paired_ratios(rounds, args.reference)
 
-    report = table(results, args.reference)
+    report = table(results, args.reference, paired)
     print("\n" + report)
     out = RESULTS / f"throughput-{stamp}.json"
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -481,6 +516,7 @@ def main() -> None:
         "llama_cpp_python": version("llama-cpp-python"),
         "cpu_count": os.cpu_count(),
         "results": {k: [asdict(lv) for lv in v] for k, v in results.items()},
+        "paired_tokens_per_s_ratios": paired,
         "table": report,
     }
     out.write_text(json.dumps(payload, indent=2))

@@ -152,3 +152,20 @@ async def test_fields_an_engine_cannot_honour_are_400() -> None:
     assert refused.value.status_code == 400 and refused.value.param == "response_format"
     engine.features = frozenset({"json_schema"})  # type: ignore[attr-defined]
     assert service().sampling(engine, prompt, body).json_schema == '{"type":"object"}'
+
+
+async def test_ignore_eos_needs_the_feature_and_no_grammar() -> None:
+    engine = FakeEngine()
+    prompt = await engine.text_prompt("hi")
+    with pytest.raises(APIError) as refused:
+        service().sampling(engine, prompt, chat(ignore_eos=True))
+    assert refused.value.status_code == 400 and refused.value.param == "ignore_eos"
+    engine.features = frozenset({"json_schema", "ignore_eos"})  # type: ignore[attr-defined]
+    assert service().sampling(engine, prompt, chat(ignore_eos=True)).ignore_eos
+    assert not service().sampling(engine, prompt, chat()).ignore_eos
+    # A grammar ends the reply where its JSON ends: the two cannot go together.
+    with pytest.raises(APIError) as both:
+        service().sampling(
+            engine, prompt, chat(ignore_eos=True, response_format={"type": "json_object"})
+        )
+    assert both.value.status_code == 400 and both.value.code == "unsupported_parameter"

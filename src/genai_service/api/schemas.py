@@ -80,6 +80,9 @@ class SamplingFields(_Request):
     top_p: TopP | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    # Not OpenAI's: vLLM's and llama-server's extension (the SDK's `extra_body`). The reply
+    # runs to `max_tokens` whatever the model would say, so benchmarks compare equal work.
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -105,6 +108,7 @@ class SamplingFields(_Request):
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             stop=self.stop_sequences(),
             seed=self.seed,
+            ignore_eos=self.ignore_eos,
         )
 
 

@@ -78,6 +78,8 @@ class SamplingParams:
     json_schema: str | None = None
     # Log-probabilities of each generated token and of this many top alternatives (None: off).
     logprobs: int | None = None
+    # Never end on the end-of-generation token: exactly max_tokens (benchmarks; vLLM's field).
+    ignore_eos: bool = False
 
 
 @dataclass(slots=True)
@@ -133,7 +135,7 @@ class Engine(Protocol):
     """A text-generation engine.
 
     Optional attribute: `features`, a set of what it honours beyond plain sampling
-    ("json_schema", "logprobs": the `SamplingParams` fields of those names); the serving layer
+    ("json_schema", "logprobs", "ignore_eos": the `SamplingParams` fields of those names); the serving layer
     answers 400 for a request that needs a feature its engine lacks, so no field is silently
     ignored.
     """

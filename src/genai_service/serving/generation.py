@@ -125,6 +125,24 @@ def check_features(engine: Engine, params: SamplingParams) -> None:
             param="logprobs",
             code="unsupported_parameter",
         )
+    if params.ignore_eos:
+        if "ignore_eos" not in features:
+            raise APIError(
+                400,
+                f"The '{engine.info.engine}' engine of model '{engine.info.id}' does not support "
+                "ignore_eos; use a llama.cpp model.",
+                param="ignore_eos",
+                code="unsupported_parameter",
+            )
+        if params.json_schema is not None:
+            # A grammar ends the reply where the JSON ends: nothing may follow it.
+            raise APIError(
+                400,
+                "ignore_eos cannot be combined with response_format or tools: the reply ends "
+                "where its JSON ends.",
+                param="ignore_eos",
+                code="unsupported_parameter",
+            )
     if params.json_schema is not None:
         if "json_schema" not in features:
             raise APIError(

@@ -483,7 +483,7 @@ def _end_direct(
 class LlamaCppEngine:
     engine_name = "llama.cpp"
     warmup = False  # the core's self-test (a real prompt, several tokens) runs at every start
-    FEATURES = frozenset({"json_schema", "logprobs"})
+    FEATURES = frozenset({"json_schema", "logprobs", "ignore_eos"})
 
     def __init__(
         self,

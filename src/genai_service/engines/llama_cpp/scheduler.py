@@ -36,6 +36,7 @@ bandwidth, so one step over many sequences costs little more than a step over on
 from __future__ import annotations
 
 import ctypes
+import math
 import queue
 import random
 import threading
@@ -186,6 +187,7 @@ class BatchScheduler:
         self._logits_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         self._logits_at.restype = ctypes.c_void_p
         self._row = ctypes.c_float * self.n_vocab
+        self._eog_ids: np.ndarray | None = None  # found on the first ignore_eos request
         self._prefill_turn = False
         # The engine's own counters, recorded every few steps: steps, step s, decode s, tokens,
         # and this thread's CPU s outside llama_decode (its Python, sampling, socket writes).
@@ -390,6 +392,14 @@ class BatchScheduler:
                 lc.llama_sampler_free(chain)
                 raise ValueError("llama.cpp could not parse the grammar for this schema")
             lc.llama_sampler_chain_add(chain, grammar)
+        if params.ignore_eos:
+            eog = self._eog()
+            biases = (lc.llama_logit_bias * len(eog))(
+                *(lc.llama_logit_bias(int(t), -math.inf) for t in eog)
+            )
+            lc.llama_sampler_chain_add(
+                chain, lc.llama_sampler_init_logit_bias(self.n_vocab, len(eog), biases)
+            )
         if params.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
             return chain
@@ -534,7 +544,11 @@ class BatchScheduler:
             return
         for req, idx in outputs:
             if req.argmax:
-                token = int(self._logits(idx).argmax())
+                row = self._logits(idx)
+                if req.params.ignore_eos:
+                    row = row.copy()  # logprobs read the model's own row afterwards
+                    row[self._eog()] = -np.inf
+                token = int(row.argmax())
             else:
                 token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
             self._on_token(req, token, idx)
@@ -567,6 +581,15 @@ class BatchScheduler:
         else:
             req.next_token = token
             req.sampled.append(token)
+
+    def _eog(self) -> np.ndarray:
+        """The vocabulary's end-of-generation tokens (EOS, EOT, <|im_end|>...), for ignore_eos."""
+        if self._eog_ids is None:
+            is_eog = self._lc.llama_vocab_is_eog
+            self._eog_ids = np.array(
+                [t for t in range(self.n_vocab) if is_eog(self.vocab, t)], dtype=np.int64
+            )
+        return self._eog_ids
 
     def _learn(self, token: int) -> bytes | None:
         """A token's bytes (None: end of generation), remembered: one dict lookup per token

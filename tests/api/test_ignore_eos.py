@@ -1,0 +1,65 @@
+"""ignore_eos (vLLM's and llama-server's extension) on the real SmolLM2 model, through the
+openai SDK's extra_body: the reply runs to max_tokens past the end-of-generation token."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import MODEL_ID
+
+MESSAGES = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
+LIMIT = 48
+
+
+def test_plain_reply_stops_early_and_ignore_eos_runs_to_max_tokens(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=LIMIT,
+        temperature=0,
+    )
+    assert plain.choices[0].finish_reason == "stop"  # the premise: the model ends by itself
+    assert plain.usage is not None and plain.usage.completion_tokens < LIMIT
+    full = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=LIMIT,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert full.choices[0].finish_reason == "length"
+    assert full.usage is not None and full.usage.completion_tokens == LIMIT
+    assert "<|im_end|>" not in (full.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_streamed_and_sampled(client: openai.OpenAI, temperature: float) -> None:
+    finish, usage = None, None
+    for chunk in client.chat.completions.create(
+        model=MODEL_ID,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=LIMIT,
+        temperature=temperature,
+        seed=7,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    ):
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert finish == "length" and usage is not None and usage.completion_tokens == LIMIT
+
+
+def test_with_a_grammar_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=MODEL_ID,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=8,
+            response_format={"type": "json_object"},
+            extra_body={"ignore_eos": True},
+        )
+    assert refused.value.body["param"] == "ignore_eos"  # type: ignore[index]
