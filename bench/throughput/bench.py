@@ -62,6 +62,10 @@ QUESTIONS = [
     "Can I print documents at the library?",
     "Do you have books in other languages?",
 ]
+# Every request's prompt is new: the system prompt is shared, as in real traffic, but no whole
+# prompt repeats, which llama-server would answer from its RAM prompt cache (--cache-ram)
+# without a prefill, and which a slot cache as large as the number of questions would too.
+_VISITORS = itertools.count(1)
 
 
 # --- llama-server build ---------------------------------------------------------------------
@@ -321,6 +325,7 @@ async def run_level(server: Server, concurrency: int, per_stream: int, max_token
         async def stream(worker: int) -> None:
             for i in range(per_stream):
                 question = QUESTIONS[(worker + i * concurrency) % len(QUESTIONS)]
+                question = f"Visitor {next(_VISITORS)} asks: {question}"
                 try:
                     samples.append(await one_request(http, server, question, max_tokens))
                 except (httpx.HTTPError, RuntimeError, json.JSONDecodeError) as exc:
@@ -446,7 +451,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--requests-per-stream", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--slots", type=int, default=None, help="default: max concurrency")
     parser.add_argument("--ctx-per-slot", type=int, default=512)
@@ -458,7 +463,7 @@ def main() -> None:
         help="compare with llama-server, or with genai-service's engine in the API process "
         "(ENGINE_PROCESS=false: what the engine process costs)",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="alternate the servers N times")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate the servers N times")
     parser.add_argument(
         "--defaults",
         action="store_true",

@@ -63,3 +63,30 @@ def test_with_a_grammar_is_400(client: openai.OpenAI) -> None:
             extra_body={"ignore_eos": True},
         )
     assert refused.value.body["param"] == "ignore_eos"  # type: ignore[index]
+
+
+def test_logprobs_are_the_models_own(client: openai.OpenAI) -> None:
+    """Where the plain reply ended, the model's top choice is still the end token: the mask that
+    skips it must not leak into the logprobs (the logits row is masked and put back)."""
+    plain = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=LIMIT,
+        temperature=0,
+    )
+    assert plain.usage is not None
+    ended_at = plain.usage.completion_tokens  # the end token's position
+    full = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=LIMIT,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
+    content = full.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == LIMIT
+    there = content[ended_at]
+    assert there.top_logprobs[0].logprob > there.logprob  # the end token, not sampled
+    assert all(item.logprob <= 0 for item in content)

@@ -546,9 +546,15 @@ class BatchScheduler:
             if req.argmax:
                 row = self._logits(idx)
                 if req.params.ignore_eos:
-                    row = row.copy()  # logprobs read the model's own row afterwards
-                    row[self._eog()] = -np.inf
-                token = int(row.argmax())
+                    # Masked in place and put back (logprobs read the model's own row): a copy
+                    # of the whole row per token cost more than the argmax.
+                    eog = self._eog()
+                    kept = row[eog]
+                    row[eog] = -np.inf
+                    token = int(row.argmax())
+                    row[eog] = kept
+                else:
+                    token = int(row.argmax())
             else:
                 token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
             self._on_token(req, token, idx)
