@@ -3,8 +3,11 @@ openai SDK's extra_body: the reply runs to max_tokens past the end-of-generation
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from tests.conftest import MODEL_ID
 
@@ -12,22 +15,23 @@ MESSAGES = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
 LIMIT = 48
 
 
-def test_plain_reply_stops_early_and_ignore_eos_runs_to_max_tokens(client: openai.OpenAI) -> None:
-    plain = client.chat.completions.create(
+def greedy(client: openai.OpenAI, *, ignore_eos: bool = False, **fields: Any) -> ChatCompletion:
+    """The test question, greedy, up to LIMIT tokens, not streamed."""
+    return client.chat.completions.create(
         model=MODEL_ID,
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=LIMIT,
         temperature=0,
+        extra_body={"ignore_eos": True} if ignore_eos else None,
+        **fields,
     )
+
+
+def test_plain_reply_stops_early_and_ignore_eos_runs_to_max_tokens(client: openai.OpenAI) -> None:
+    plain = greedy(client)
     assert plain.choices[0].finish_reason == "stop"  # the premise: the model ends by itself
     assert plain.usage is not None and plain.usage.completion_tokens < LIMIT
-    full = client.chat.completions.create(
-        model=MODEL_ID,
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=LIMIT,
-        temperature=0,
-        extra_body={"ignore_eos": True},
-    )
+    full = greedy(client, ignore_eos=True)
     assert full.choices[0].finish_reason == "length"
     assert full.usage is not None and full.usage.completion_tokens == LIMIT
     assert "<|im_end|>" not in (full.choices[0].message.content or "")
@@ -68,23 +72,10 @@ def test_with_a_grammar_is_400(client: openai.OpenAI) -> None:
 def test_logprobs_are_the_models_own(client: openai.OpenAI) -> None:
     """Where the plain reply ended, the model's top choice is still the end token: the mask that
     skips it must not leak into the logprobs (the logits row is masked and put back)."""
-    plain = client.chat.completions.create(
-        model=MODEL_ID,
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=LIMIT,
-        temperature=0,
-    )
+    plain = greedy(client)
     assert plain.usage is not None
     ended_at = plain.usage.completion_tokens  # the end token's position
-    full = client.chat.completions.create(
-        model=MODEL_ID,
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=LIMIT,
-        temperature=0,
-        logprobs=True,
-        top_logprobs=2,
-        extra_body={"ignore_eos": True},
-    )
+    full = greedy(client, ignore_eos=True, logprobs=True, top_logprobs=2)
     content = full.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == LIMIT
     there = content[ended_at]

@@ -546,8 +546,8 @@ class BatchScheduler:
             if req.argmax:
                 row = self._logits(idx)
                 if req.params.ignore_eos:
-                    # Masked in place and put back (logprobs read the model's own row): a copy
-                    # of the whole row per token cost more than the argmax.
+                    # Masked in place and put back: logprobs read the model's own row, and no
+                    # copy of the whole row per token is needed for that.
                     eog = self._eog()
                     kept = row[eog]
                     row[eog] = -np.inf
