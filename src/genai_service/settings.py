@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         description="Each slot keeps the KV of its last prompt and reply; a prompt that starts "
         "the same way (a system prompt, a repeated question, a chat's next turn) reuses it.",
     )
+    prompt_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="RAM (MiB) for idle slots' prompts and replies (llama.cpp, as llama-server's "
+        "--cache-ram): they leave the KV buffer, which keeps every step's attention short, and a "
+        "prompt that starts the same way gets its cells back. 0: idle slots keep their cells.",
+    )
     batch_invariant: bool = Field(
         False,
         description="Make each request's greedy output independent of what it is batched "

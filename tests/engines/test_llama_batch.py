@@ -182,6 +182,38 @@ async def test_the_unified_slot_cache_gives_a_fresh_prompts_greedy_text() -> Non
         await cold.close()
 
 
+async def test_an_idle_slot_waits_in_ram_and_comes_back() -> None:
+    # One slot: another prompt takes it, and the first one's KV goes to RAM instead of being
+    # lost (as llama-server's --cache-ram); a prompt that starts the same way gets it back.
+    system = ChatMessage("system", "You are a helpful librarian. " * 6)
+    turns = [
+        [system, ChatMessage("user", "Recommend a book.")],
+        [ChatMessage("user", "What is two plus two?")],
+        [system, ChatMessage("user", "Recommend a film.")],
+    ]
+    texts, saved = [], []
+    for ram in (1024, 0):
+        engine = LlamaCppEngine(
+            embedded_model_path(), n_ctx=512, n_parallel=1, n_threads=1, prompt_cache_mb=ram
+        )
+        await engine.load()
+        try:
+            reused = metrics.PREFIX_REUSED_TOKENS.labels(engine.info.id)
+            prompts = [await engine.chat_prompt(messages) for messages in turns]
+            for prompt in prompts[:2]:
+                await collect(engine.stream(prompt, greedy(6)))
+            before = reused._value.get()
+            texts.append((await collect(engine.stream(prompts[2], greedy(10)))).text)
+            saved.append(reused._value.get() - before)
+        finally:
+            await engine.close()
+    first, last = prompts[0].token_ids, prompts[2].token_ids
+    shared = next(i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b)
+    # Without RAM, only what the second prompt shares (the template's first tokens) is left.
+    assert shared > 40 and saved[0] == shared and saved[1] < 10
+    assert texts[0] == texts[1] and texts[0]  # the text a fresh prompt gives
+
+
 async def test_cancel_mid_batch_frees_the_slot(engine: LlamaCppEngine) -> None:
     prompts = [await engine.text_prompt(text) for text, _ in PROMPTS[:3]]
     solo = await collect(engine.stream(prompts[1], greedy(10)))

@@ -500,6 +500,7 @@ class LlamaCppEngine:
         batch_invariant: bool = False,
         engine_process: bool = True,
         kv_cache_tokens: int | None = None,
+        prompt_cache_mb: int = 1024,
         stream_interval_ms: float = 0.0,
         direct_stream: bool = True,
     ) -> None:
@@ -531,6 +532,7 @@ class LlamaCppEngine:
             prefix_cache=prefix_cache,
             batch_invariant=batch_invariant,
             kv_cache_tokens=kv_cache_tokens,
+            prompt_cache_mb=prompt_cache_mb,
             stream_interval=stream_interval_ms / 1000,
         )
         self._vocab: Any = None
@@ -695,6 +697,7 @@ def from_spec(spec: ModelSpec, settings: Settings) -> LlamaCppEngine:
         batch_invariant=settings.batch_invariant,
         engine_process=settings.engine_process,
         kv_cache_tokens=settings.kv_cache_tokens,
+        prompt_cache_mb=settings.prompt_cache_mb,
         stream_interval_ms=settings.stream_interval_ms,
         direct_stream=settings.direct_stream,
     )

@@ -65,6 +65,7 @@ class CoreConfig:
     prefix_cache: bool = True
     batch_invariant: bool = False
     kv_cache_tokens: int | None = None  # the unified KV buffer; None: default_kv_cells
+    prompt_cache_mb: int = 0  # idle slots' KV in RAM (unified buffer); 0: they stay in the buffer
     stream_interval: float = 0.0  # seconds; a stream's text within it goes out as one chunk
 
 
@@ -108,6 +109,7 @@ def start_scheduler(
         prefix_cache=config.prefix_cache,
         batch_invariant=config.batch_invariant,
         kv_cache_tokens=config.kv_cache_tokens,
+        prompt_cache_bytes=config.prompt_cache_mb << 20,
         record=record,
         flush=flush,
     )

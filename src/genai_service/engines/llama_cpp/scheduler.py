@@ -20,6 +20,13 @@ bandwidth, so one step over many sequences costs little more than a step over on
   the rest, or shares the prefix of a running request; it decodes only what is new. Otherwise
   it takes an empty slot, or the least recently used one. Cached slots give up their cells,
   least recently used first, when a request needs them.
+- Idle slots go to RAM (as llama-server's `--cache-ram`): when a request starts, every other
+  cached slot's KV is copied out (`llama_state_seq_get_data`) and its cells freed. In one unified
+  buffer each step's attention spans every cell up to the highest one in use, so cached slots
+  that stayed would slow every later step (one stream went from 104 to 87 tok/s after 16 had
+  run). A prompt that starts like a saved one gets it back (`llama_state_seq_set_data`) and cuts
+  the rest. The saved states are bounded by `prompt_cache_bytes`, least recently used out first;
+  0 keeps idle slots' cells in the buffer instead.
 - Each request has its own sampler chain (seeded). Plain greedy (temperature 0, no schema)
   skips it: numpy's argmax over the step's logits rows picks the same token (the first
   highest) without llama.cpp's sampler copying the whole vocabulary into candidates per token.
@@ -94,6 +101,14 @@ class _Request:
         return self.n_past < len(self.tokens)
 
 
+@dataclass(eq=False, slots=True)
+class _Saved:
+    """An idle slot's KV in RAM: the tokens it holds and llama.cpp's copy of their cells."""
+
+    tokens: list[int]
+    state: Any  # ctypes uint8 array
+
+
 def default_kv_cells(n_ctx_per_slot: int, n_parallel: int) -> int:
     """Room for every slot's full context, but no more than max(4 x N_CTX, 16384) cells: the
     memory of the old 4-slot default, whatever N_PARALLEL is (16 slots of 4096 share 16384)."""
@@ -116,6 +131,7 @@ class BatchScheduler:
         prefix_cache: bool,
         batch_invariant: bool = False,
         kv_cache_tokens: int | None = None,
+        prompt_cache_bytes: int = 0,
         record: Record | None = None,
         flush: Callable[[], None] | None = None,
     ) -> None:
@@ -198,6 +214,10 @@ class BatchScheduler:
         self._free_seqs = list(range(n_parallel))
         self._cached: dict[int, list[int]] = {}
         self._cached_cells = 0
+        # Idle slots' KV in RAM (unified buffer only), least recently used first.
+        self._saved: list[_Saved] = []
+        self._saved_bytes = 0
+        self._saved_limit = prompt_cache_bytes if self.unified and prefix_cache else 0
         self._running: list[_Request] = []
         self.pending = 0  # submitted, not yet given a slot
         self._lock = threading.Lock()
@@ -326,6 +346,9 @@ class BatchScheduler:
         req.reserved = len(req.tokens) + req.budget
         self._reserved += req.reserved
         self._running.append(req)
+        if self._saved_limit:
+            for seq in list(self._cached):
+                self._save(seq)
         if self.unified:
             while self._cached and self._reserved + self._cached_cells > self.kv_cells:
                 self._evict(self._oldest_cached())
@@ -346,6 +369,13 @@ class BatchScheduler:
                 n = _common_prefix(other.tokens, tokens, min(limit, other.n_past))
                 if n > best:
                     best, source = n, other.seq
+            saved = None
+            for entry in self._saved:
+                n = _common_prefix(entry.tokens, tokens, limit)
+                if n > best:
+                    best, saved = n, entry
+            if saved is not None:
+                return self._restore(saved, best)
         if source in self._cached:
             # Keep that slot's cells in place and cut the rest (as llama-server picks the most
             # similar slot). The cut frees the cells right after the kept ones, and llama.cpp
@@ -353,21 +383,63 @@ class BatchScheduler:
             # the same order as a fresh prompt keeps a greedy reply the same. (A prefix shared
             # into another slot would be followed by cells anywhere in the buffer.)
             self._free_seqs.remove(source)
+            if 2 * best < len(self._cached[source]):
+                self._copy_to_ram(source)  # most of it is cut (llama-server's rule too)
             self._uncache(source)
             lc.llama_memory_seq_rm(self._mem, source, best, -1)
             return source, best
-        # An empty slot if there is one, else the least recently used cached one.
-        empty = [s for s in self._free_seqs if s not in self._cached]
-        seq = empty[0] if empty else self._free_seqs[0]
-        self._free_seqs.remove(seq)
-        if seq in self._cached:
-            self._evict(seq)
+        seq = self._empty_slot()
         if best:
             # The prefix of a running request. Unified: the copy shares its cells. Separate
             # regions: llama.cpp copies only a whole region, so copy it all and cut the tail.
             lc.llama_memory_seq_cp(self._mem, source, seq, -1, -1)
             lc.llama_memory_seq_rm(self._mem, seq, best, -1)
         return seq, best
+
+    def _empty_slot(self) -> int:
+        """An empty slot if there is one, else the least recently used cached one, emptied."""
+        empty = [s for s in self._free_seqs if s not in self._cached]
+        seq = empty[0] if empty else self._free_seqs[0]
+        self._free_seqs.remove(seq)
+        if seq in self._cached:
+            self._save(seq)
+        return seq
+
+    def _restore(self, saved: _Saved, keep: int) -> tuple[int, int]:
+        """A slot with a saved state put back and cut after its first `keep` tokens (fewer
+        if llama.cpp found no room for it: then the prompt starts fresh)."""
+        lc = self._lc
+        self._saved.remove(saved)  # saved again, with what follows, when this slot idles
+        self._saved_bytes -= len(saved.state)
+        seq = self._empty_slot()
+        if lc.llama_state_seq_set_data(self._ctx, saved.state, len(saved.state), seq) == 0:
+            lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            return seq, 0
+        lc.llama_memory_seq_rm(self._mem, seq, keep, -1)
+        return seq, keep
+
+    def _save(self, seq: int) -> None:
+        """Free a cached slot's cells, its KV kept in RAM if there is room."""
+        self._copy_to_ram(seq)
+        self._evict(seq)
+
+    def _copy_to_ram(self, seq: int) -> None:
+        lc = self._lc
+        tokens = self._cached[seq]
+        size = lc.llama_state_seq_get_size(self._ctx, seq) if self._saved_limit else 0
+        if not 0 < size <= self._saved_limit:
+            return
+        state = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, state, size, seq) != size:
+            return
+        # A saved prompt this one extends is only a shorter copy of it.
+        for old in [e for e in self._saved if tokens[: len(e.tokens)] == e.tokens]:
+            self._saved.remove(old)
+            self._saved_bytes -= len(old.state)
+        self._saved.append(_Saved(tokens, state))
+        self._saved_bytes += size
+        while self._saved_bytes > self._saved_limit:
+            self._saved_bytes -= len(self._saved.pop(0).state)
 
     def _oldest_cached(self) -> int:
         return next(s for s in self._free_seqs if s in self._cached)
