@@ -81,3 +81,15 @@ def test_logprobs_are_the_models_own(client: openai.OpenAI) -> None:
     there = content[ended_at]
     assert there.top_logprobs[0].logprob > there.logprob  # the end token, not sampled
     assert all(item.logprob <= 0 for item in content)
+
+
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_greedy_in_llama_cpps_graph_is_the_rows_argmax(
+    client: openai.OpenAI, ignore_eos: bool
+) -> None:
+    """Plain greedy is sampled in llama.cpp's graph (backend sampling); with logprobs the
+    scheduler takes numpy's argmax of the logits row instead. Both pick the same tokens."""
+    in_graph = greedy(client, ignore_eos=ignore_eos)
+    from_row = greedy(client, ignore_eos=ignore_eos, logprobs=True)
+    assert in_graph.choices[0].message.content == from_row.choices[0].message.content
+    assert in_graph.usage == from_row.usage
