@@ -25,8 +25,10 @@ bandwidth, so one step over many sequences costs little more than a step over on
   buffer each step's attention spans every cell up to the highest one in use, so cached slots
   that stayed would slow every later step (one stream went from 104 to 87 tok/s after 16 had
   run). A prompt that starts like a saved one gets it back (`llama_state_seq_set_data`) and cuts
-  the rest. The saved states are bounded by `prompt_cache_bytes`, least recently used out first;
-  0 keeps idle slots' cells in the buffer instead.
+  the rest. When nothing runs, every cached slot goes to RAM and the buffer is emptied, so a
+  request that comes to an idle engine lays out its cells the same way whatever came before
+  (the same seed repeats its text). The saved states are bounded by `prompt_cache_bytes`, least
+  recently used out first; 0 keeps idle slots' cells in the buffer instead.
 - Each request has its own sampler chain (seeded). Plain greedy (temperature 0, no schema)
   runs in llama.cpp's graph instead (backend sampling, `llama_set_sampler`): the decode's own
   threads take the argmax and only the token comes back, with no logits row copied out or
@@ -307,6 +309,7 @@ class BatchScheduler:
         while self._free_seqs:
             if not self._running:
                 self._record_counters()
+                self._park_idle()
                 self._flush()  # about to block: what was just emitted must go out first
             if self._held is not None:
                 item, self._held = self._held, None
@@ -426,8 +429,9 @@ class BatchScheduler:
         """A slot with a saved state put back and cut after its first `keep` tokens (fewer
         if llama.cpp found no room for it: then the prompt starts fresh)."""
         lc = self._lc
-        self._saved.remove(saved)  # saved again, with what follows, when this slot idles
-        self._saved_bytes -= len(saved.state)
+        if 2 * keep >= len(saved.tokens):  # saved again, with what follows, when this slot idles
+            self._saved.remove(saved)
+            self._saved_bytes -= len(saved.state)
         seq = self._empty_slot()
         if lc.llama_state_seq_set_data(self._ctx, saved.state, len(saved.state), seq) == 0:
             lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
@@ -439,6 +443,19 @@ class BatchScheduler:
         """Free a cached slot's cells, its KV kept in RAM if there is room."""
         self._copy_to_ram(seq)
         self._evict(seq)
+
+    def _park_idle(self) -> None:
+        """Nothing runs: every cached slot goes to RAM and the buffer is emptied. The next
+        request's cells then start at the buffer's head, in order, whatever ran before: cells
+        put in holes below its others (llama.cpp searches from cell 0 once the buffer is mostly
+        free) would change the order attention visits them in, and with it the rounding (the
+        same seed would not repeat its text)."""
+        if not self._saved_limit or not self._cached:
+            return
+        for seq in list(self._cached):
+            self._copy_to_ram(seq)
+            self._uncache(seq)
+        self._lc.llama_memory_clear(self._mem, False)
 
     def _copy_to_ram(self, seq: int) -> None:
         lc = self._lc
