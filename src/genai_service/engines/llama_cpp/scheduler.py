@@ -359,7 +359,7 @@ class BatchScheduler:
         req.seq, n = self._take_slot(req.tokens)
         req.n_past = n
         if req.argmax and params.logprobs is None and not self.batch_invariant:
-            req.sampler = self._greedy_chain(params.ignore_eos)
+            req.sampler = self._make_sampler(params)  # greedy (+ the ignore_eos bias)
             req.backend = bool(self._set_sampler(self._ctx, req.seq, req.sampler))
         if n:
             self._record("prefix_reused", n)
@@ -499,7 +499,13 @@ class BatchScheduler:
                 raise ValueError("llama.cpp could not parse the grammar for this schema")
             lc.llama_sampler_chain_add(chain, grammar)
         if params.ignore_eos:
-            lc.llama_sampler_chain_add(chain, self._eog_bias())
+            eog = self._eog()
+            biases = (lc.llama_logit_bias * len(eog))(
+                *(lc.llama_logit_bias(int(t), -math.inf) for t in eog)
+            )
+            lc.llama_sampler_chain_add(
+                chain, lc.llama_sampler_init_logit_bias(self.n_vocab, len(eog), biases)
+            )
         if params.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
             return chain
@@ -510,23 +516,6 @@ class BatchScheduler:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
-
-    def _greedy_chain(self, ignore_eos: bool) -> Any:
-        lc = self._lc
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        if ignore_eos:
-            lc.llama_sampler_chain_add(chain, self._eog_bias())
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        return chain
-
-    def _eog_bias(self) -> Any:
-        """A sampler that gives the end-of-generation tokens -inf (ignore_eos)."""
-        lc = self._lc
-        eog = self._eog()
-        biases = (lc.llama_logit_bias * len(eog))(
-            *(lc.llama_logit_bias(int(t), -math.inf) for t in eog)
-        )
-        return lc.llama_sampler_init_logit_bias(self.n_vocab, len(eog), biases)
 
     def _drop_cancelled(self) -> None:
         for req in [r for r in self._running if r.cancel.cancelled]:
