@@ -1,17 +1,20 @@
-"""The engine process's direct-stream writer (engines/llama_cpp/direct.py) on a real socket pair:
-events in order and in HTTP/1.1 chunked framing, a slow reader never blocks the scheduler and
-loses nothing, and a client that hung up cancels its generation."""
+"""The engine process's direct-stream writer and its sender thread (engines/llama_cpp/direct.py) on
+a real socket pair: events in order and in HTTP/1.1 chunked framing, a slow reader never blocks
+the scheduler and loses nothing, a client that hung up cancels its generation, and a stream's
+report comes only after its text is written."""
 
 from __future__ import annotations
 
 import json
+import queue
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from genai_service.engines.base import Cancellation
-from genai_service.engines.llama_cpp.direct import DirectWriter, frame
+from genai_service.engines.llama_cpp.direct import DirectSender, DirectWriter, frame
 
 HEAD = b'data: {"choices":[{"delta":{"content":'
 TAIL = b"}}]}\n\n"
@@ -103,3 +106,42 @@ def test_a_client_that_hung_up_cancels_its_generation(pair: tuple[socket.socket,
     assert cancel.cancelled
     report = writer.report()
     assert report.text.startswith("firstsecond") and report.unsent == b""
+
+
+def test_the_sender_thread_writes_in_order_then_reports(pair: tuple[socket.socket, ...]) -> None:
+    ours, client = pair
+    delivered: queue.SimpleQueue[list[tuple[int, Any]]] = queue.SimpleQueue()
+    sender = DirectSender(delivered.put)
+    writer = DirectWriter(ours.detach(), HEAD, TAIL, True, Cancellation())
+    pieces = [f" token{i}" for i in range(50)]
+    for piece in pieces:
+        sender.text(writer, piece)  # returns at once; the sender thread writes
+    sender.end(7, writer, [(7, "last")])
+    (req_id, report), *after = delivered.get(timeout=30)  # once the text is written
+    sender.close()
+    assert req_id == 7 and after == [(7, "last")]
+    assert texts(read_all(client)) == pieces
+    assert report.unsent == b"" and report.text == "".join(pieces)
+
+
+def test_the_sender_retries_a_slow_reader_and_returns_the_rest(
+    pair: tuple[socket.socket, ...],
+) -> None:
+    ours, client = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    delivered: queue.SimpleQueue[list[tuple[int, Any]]] = queue.SimpleQueue()
+    sender = DirectSender(delivered.put)
+    writer = DirectWriter(ours.detach(), HEAD, TAIL, True, Cancellation())
+    pieces = [f" token{i}" for i in range(3000)]  # far more than both buffers hold
+    for piece in pieces:
+        sender.text(writer, piece)
+    client.settimeout(30)
+    received = bytearray(client.recv(1 << 16))  # the sender wrote what fit, then waits
+    received += client.recv(1 << 16)  # and writes more once there is room (its retry)
+    sender.end(1, writer, [])
+    ((_, report),) = delivered.get(timeout=30)
+    sender.close()
+    received += read_all(client)
+    assert report.unsent  # the API process writes this, with its own flow control
+    assert texts(bytes(received) + report.unsent) == pieces

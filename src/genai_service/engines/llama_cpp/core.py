@@ -14,9 +14,9 @@ The wire protocol, pickled objects over two pipes (the API -> core one a Unix so
   (id, (text,)) for a plain text chunk (most of them: a tuple unpickles 4x faster than the
   dataclass), or (id, error message). With a stream interval (STREAM_INTERVAL_MS), a stream's
   plain text chunks are held and joined until the interval has passed since its last one.
-  A direct stream's text goes to its socket instead (`direct.py`); its end is an
-  (id, DirectReport) followed by its last chunk with no text, or by an error ("cancelled" when
-  it was cancelled).
+  A direct stream's text goes to its socket instead (`direct.py`); its end is a "step" of its
+  own, sent by the sender thread once the text is written: (id, DirectReport) followed by its
+  last chunk with no text, or by an error ("cancelled" when it was cancelled).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
-from genai_service.engines.llama_cpp.direct import DirectWriter
+from genai_service.engines.llama_cpp.direct import DirectSender, DirectWriter
 from genai_service.engines.llama_cpp.scheduler import BatchScheduler, Emit, Record
 
 # The self-test prompt: long enough (over 64 tokens) that its prefill takes llama.cpp's batched
@@ -213,26 +213,24 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
         outbox.append((req_id, ("".join(held.parts),)))
         held.parts = []
 
-    # Direct streams (their text goes to the client's socket). Added by the main thread before
-    # the submit, otherwise used on the scheduler thread only.
+    # Direct streams (their text goes to the client's socket, written by the sender thread).
+    # Added by the main thread before the submit, otherwise used on the scheduler thread only.
     directs: dict[int, DirectWriter] = {}
+    sender: DirectSender | None = None
 
-    def end_direct(req_id: int) -> bool:
+    def end_direct(req_id: int, last: Any) -> None:
+        """The stream's report (once its text is written), then `last`: its last chunk or error."""
         writer = directs.pop(req_id, None)
-        if writer is None:
-            return False
-        outbox.append((req_id, writer.report()))
-        return True
+        if writer is not None:
+            assert sender is not None
+            sender.end(req_id, writer, [(req_id, last)])
 
     def flush() -> None:
         # Scheduler thread: the step's chunks and metric records as one message.
         if directs:
             for req_id, writer in list(directs.items()):
                 if writer.cancel.cancelled:  # by the API, or the client hung up
-                    if end_direct(req_id):
-                        outbox.append((req_id, "cancelled"))
-                elif writer.pending:
-                    writer.retry()
+                    end_direct(req_id, "cancelled")
         if holding:
             now = time.monotonic()
             for req_id, held in list(holding.items()):
@@ -260,25 +258,27 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     gc.collect()
     gc.freeze()
     # Steps sent before this (the self-test's metric records) are dropped by the API process.
+    sender = DirectSender(lambda events: send(("step", events, [], scheduler.pending)))
     send(("ready", system_info(), scheduler.n_ctx_per_slot))
 
     cancels: dict[int, Cancellation] = {}
     command_socket = socket.socket(fileno=os.dup(commands.fileno()))  # for recv_fds
 
     def direct_emitter(req_id: int, writer: DirectWriter) -> Emit:
+        assert sender is not None
+        text = sender.text
+
         def emit(item: GenerationChunk | BaseException) -> None:
             if req_id not in directs:
-                return  # ended already (cancelled): the API process has its report
+                return  # ended already (cancelled): the API process gets its report
             if isinstance(item, BaseException):
-                end_direct(req_id)
-                outbox.append((req_id, str(item) or type(item).__name__))
+                end_direct(req_id, str(item) or type(item).__name__)
                 cancels.pop(req_id, None)
                 return
             if item.text:
-                writer.text(item.text)
+                text(writer, item.text)
             if item.finish_reason is not None:
-                end_direct(req_id)
-                outbox.append((req_id, dataclasses.replace(item, text="")))
+                end_direct(req_id, dataclasses.replace(item, text=""))
                 cancels.pop(req_id, None)
 
         return emit
@@ -337,5 +337,6 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
         elif kind == "stop":
             break
     scheduler.close()
+    sender.close()
     for writer in directs.values():
         writer.close()

@@ -1,25 +1,35 @@
 """The engine process's side of a direct stream (`engines.base.DirectStream`): one stream's text
-events written straight to its client's socket, from the scheduler thread.
+events written straight to its client's socket, by one sender thread (`DirectSender`).
+
+The sender thread, not the scheduler thread, writes: a send on a loopback or local TCP socket
+runs the receiver's side of the stack too (60-100 µs of kernel time per token, measured), which
+on the scheduler thread would add to every step; on its own thread it overlaps the next
+`llama_decode`, which releases the GIL (llama-server writes from its HTTP threads too).
 
 Every write is non-blocking (`MSG_DONTWAIT`): what a slow client's full socket buffer refuses
-waits here and is retried after each scheduler step, so a slow reader never stalls the batch;
-what is still waiting at the end goes back to the API process in the report, which writes it
-with the server's own flow control. A client that is gone (EPIPE, ECONNRESET) cancels its
-generation. The socket is closed here before the report is sent, so the API process writes
-again only once nothing else can.
+waits here and is retried every `RETRY_S`, so a slow reader never stalls the batch; what is
+still waiting at the end goes back to the API process in the report, which writes it with the
+server's own flow control. A client that is gone (EPIPE, ECONNRESET) cancels its generation.
+The socket is closed here before the report is sent, so the API process writes again only once
+nothing else can.
 """
 
 from __future__ import annotations
 
+import queue
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import Any
 
 from genai_service.engines.base import Cancellation
 
 # Non-blocking whatever the socket's own mode; no SIGPIPE (Linux; Python ignores it anyway).
 _FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
+RETRY_S = 0.01  # how often the sender retries bytes a full socket refused (about one step)
 
 
 def frame(head: bytes, tail: bytes, text: str, chunked: bool) -> bytes:
@@ -73,6 +83,11 @@ class DirectWriter:
         self.gaps: list[float] = []
 
     def text(self, text: str) -> None:
+        self.add(text)
+        self.retry()
+
+    def add(self, text: str) -> None:
+        """Frame one event behind what waits (written by the next `retry`)."""
         now = time.monotonic()
         if self.first_at is None:
             self.first_at = now
@@ -80,17 +95,11 @@ class DirectWriter:
             self.gaps.append(now - self.last_at)
         self.last_at = now
         self.parts.append(text)
-        if self._sock is None:
-            return  # the client is gone; the generation stops at the next step
-        data = frame(self.head, self.tail, text, self.chunked)
-        if self.pending:
-            self.pending += data  # behind what is already waiting
-            self.retry()
-        else:
-            self._send(data)
+        if self._sock is not None:  # else the client is gone; the generation stops soon
+            self.pending += frame(self.head, self.tail, text, self.chunked)
 
     def retry(self) -> None:
-        """Write what the socket refused before (after each scheduler step)."""
+        """Write what waits (what the socket refused before too)."""
         if self.pending and self._sock is not None:
             data = bytes(self.pending)
             self.pending.clear()
@@ -122,3 +131,63 @@ class DirectWriter:
         unsent = bytes(self.pending)
         self.pending.clear()
         return DirectReport(unsent, "".join(self.parts), self.first_at, self.gaps)
+
+
+Deliver = Callable[[list[tuple[int, Any]]], None]
+
+
+class DirectSender:
+    """The thread that writes every direct stream: `text` and `end` queue work for it and return.
+
+    `end(req_id, writer, after)`: once the stream's text is written (or refused), the socket is
+    closed and `deliver([(req_id, report), *after])` tells the API process, in that order.
+    """
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._queue: queue.SimpleQueue[tuple[DirectWriter, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="direct-sender", daemon=True)
+        self._thread.start()
+
+    def text(self, writer: DirectWriter, text: str) -> None:
+        self._queue.put((writer, text))
+
+    def end(self, req_id: int, writer: DirectWriter, after: list[tuple[int, Any]]) -> None:
+        self._queue.put((writer, (req_id, after)))
+
+    def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        waiting: set[DirectWriter] = set()  # bytes a full socket refused
+        get = self._queue.get
+        while True:
+            try:
+                item = get(timeout=RETRY_S) if waiting else get()
+            except queue.Empty:
+                item = ...  # time to retry
+            # Everything queued so far: one write per stream, however many events it has.
+            touched: set[DirectWriter] = set()
+            ended: list[tuple[int, DirectWriter, list[tuple[int, Any]]]] = []
+            while item is not None:
+                if item is not ...:
+                    writer, work = item
+                    if work.__class__ is str:
+                        writer.add(work)
+                        touched.add(writer)
+                    else:
+                        ended.append((work[0], writer, work[1]))
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            for writer in touched | waiting:
+                writer.retry()
+            waiting = {w for w in touched | waiting if w.pending}
+            for req_id, writer, after in ended:
+                waiting.discard(writer)
+                self._deliver([(req_id, writer.report()), *after])
+            if item is None:
+                return
