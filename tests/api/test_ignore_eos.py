@@ -84,12 +84,11 @@ def test_logprobs_are_the_models_own(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("ignore_eos", [False, True])
-def test_greedy_in_llama_cpps_graph_is_the_rows_argmax(
+def test_greedy_picks_the_same_tokens_with_logprobs(
     client: openai.OpenAI, ignore_eos: bool
 ) -> None:
-    """Plain greedy is sampled in llama.cpp's graph (backend sampling); with logprobs the
-    scheduler takes numpy's argmax of the logits row instead. Both pick the same tokens."""
-    in_graph = greedy(client, ignore_eos=ignore_eos)
-    from_row = greedy(client, ignore_eos=ignore_eos, logprobs=True)
-    assert in_graph.choices[0].message.content == from_row.choices[0].message.content
-    assert in_graph.usage == from_row.usage
+    """Logprobs read the model's own row next to the argmax: asking for them changes nothing."""
+    plain = greedy(client, ignore_eos=ignore_eos)
+    with_logprobs = greedy(client, ignore_eos=ignore_eos, logprobs=True)
+    assert plain.choices[0].message.content == with_logprobs.choices[0].message.content
+    assert plain.usage == with_logprobs.usage

@@ -29,13 +29,12 @@ bandwidth, so one step over many sequences costs little more than a step over on
   request that comes to an idle engine lays out its cells the same way whatever came before
   (the same seed repeats its text). The saved states are bounded by `prompt_cache_bytes`, least
   recently used out first; 0 keeps idle slots' cells in the buffer instead.
-- Each request has its own sampler chain (seeded). Plain greedy (temperature 0, no schema)
-  runs in llama.cpp's graph instead (backend sampling, `llama_set_sampler`): the decode's own
-  threads take the argmax and only the token comes back, with no logits row copied out or
-  scanned in Python (about 110 of the 165 µs a token cost outside `llama_decode`). With logprobs
-  or batch invariance (two output rows per sequence), numpy's argmax over the row picks the same
-  token (the first highest) without llama.cpp's sampler copying the whole vocabulary into
-  candidates per token.
+- Each request has its own sampler chain (seeded). Plain greedy (temperature 0, no schema) is
+  numpy's argmax over the logits row instead (the first highest, as llama.cpp's greedy sampler
+  picks), without the sampler copying the whole vocabulary into candidates per token.
+  llama.cpp's backend sampling (`llama_set_sampler`, the argmax inside the graph) was tried and
+  measured slower: it saved ~50 µs of Python per token but added 0.2-0.3 ms to each
+  `llama_decode` (the graph pads and copies out the logits rows it samples from).
 - Metrics go through `record(kind, value)` (see `metrics.EngineRecorder`), so the scheduler can
   run in the engine process and the API process still exports them.
 - Batch invariance (optional): llama.cpp's CPU kernels pick code paths by batch shape (a single
@@ -80,6 +79,7 @@ Record = Callable[[str, Any], None]
 _INVARIANT_CHUNK = 62  # prompt tokens per step; llama.cpp tiles attention from 64 rows on
 _KV_CELLS_CAP = 16384  # default unified KV cells beyond 4 x N_CTX (see default_kv_cells)
 _COUNTERS_EVERY = 64  # steps between two records of the step counters
+_ROW_VIEWS = 4096  # logits row views kept by address
 _EOG = None  # an end-of-generation token's entry in the piece cache
 
 
@@ -94,7 +94,6 @@ class _Request:
     next_token: int = -1  # sampled, not yet decoded
     sampler: Any = None
     argmax: bool = False  # plain greedy: the highest logit, no sampler chain
-    backend: bool = False  # its chain (greedy) runs in llama.cpp's graph; token ith is read
     generated: int = 0
     budget: int = 0
     reserved: int = 0  # KV cells promised to it (unified buffer)
@@ -210,15 +209,10 @@ class BatchScheduler:
         self._logits_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         self._logits_at.restype = ctypes.c_void_p
         self._row = ctypes.c_float * self.n_vocab
-        # Backend sampling (llama.cpp's experimental API; llama-cpp-python has no binding yet).
-        self._set_sampler = type(lib.llama_set_sampler)(("llama_set_sampler", lib))
-        self._set_sampler.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
-        self._set_sampler.restype = ctypes.c_bool
-        self._sampled_at = type(lib.llama_get_sampled_token_ith)(
-            ("llama_get_sampled_token_ith", lib)
-        )
-        self._sampled_at.argtypes = [ctypes.c_void_p, ctypes.c_int32]
-        self._sampled_at.restype = ctypes.c_int32
+        # Views by address: llama.cpp's output buffer stays put between decodes, so a row's view
+        # is made once, not per token (np.frombuffer costs ~20 µs with the caches cold). Any
+        # address llama.cpp returns holds a whole row then, so a view by address is never stale.
+        self._rows: dict[int, np.ndarray] = {}
         self._eog_ids: np.ndarray | None = None  # found on the first ignore_eos request
         self._prefill_turn = False
         # The engine's own counters, recorded every few steps: steps, step s, decode s, tokens,
@@ -356,13 +350,12 @@ class BatchScheduler:
             self._finish(req, "length")
             return
         req.argmax = params.temperature <= 0 and params.json_schema is None
+        if params.ignore_eos:
+            self._eog()  # the end tokens known to the piece cache (the argmax path checks it)
         if not req.argmax:
             req.sampler = self._make_sampler(params)  # may raise (a bad grammar): before the slot
         req.seq, n = self._take_slot(req.tokens)
         req.n_past = n
-        if req.argmax and params.logprobs is None and not self.batch_invariant:
-            req.sampler = self._make_sampler(params)  # greedy (+ the ignore_eos bias)
-            req.backend = bool(self._set_sampler(self._ctx, req.seq, req.sampler))
         if n:
             self._record("prefix_reused", n)
         req.reserved = len(req.tokens) + req.budget
@@ -528,9 +521,6 @@ class BatchScheduler:
         and reply for the next request that starts the same way (unless `keep` is off)."""
         if req in self._running:
             self._running.remove(req)
-        if req.backend:
-            self._set_sampler(self._ctx, req.seq, None)
-            req.backend = False
         if req.seq >= 0:
             held = (req.tokens + req.sampled)[: req.n_past]
             if keep and self.prefix_cache and held:
@@ -654,20 +644,18 @@ class BatchScheduler:
                 self._release(req, keep=False)
             return
         for req, idx in outputs:
-            if req.backend:
-                token = self._sampled_at(self._ctx, idx)
-            elif req.argmax:
+            if req.argmax:
                 row = self._logits(idx)
-                if req.params.ignore_eos:
-                    # Masked in place and put back: logprobs read the model's own row, and no
-                    # copy of the whole row per token is needed for that.
+                token = int(row.argmax())
+                if req.params.ignore_eos and self._pieces.get(token, 0) is _EOG:
+                    # Only when an end token is on top (the argmax of the rest is the same
+                    # otherwise): masked in place and put back, as logprobs read the model's
+                    # own row, with no copy of the whole row.
                     eog = self._eog()
                     kept = row[eog]
                     row[eog] = -np.inf
                     token = int(row.argmax())
                     row[eog] = kept
-                else:
-                    token = int(row.argmax())
             else:
                 token = lc.llama_sampler_sample(req.sampler, self._ctx, idx)
             self._on_token(req, token, idx)
@@ -677,7 +665,12 @@ class BatchScheduler:
         address = self._logits_at(self._ctx, idx)
         if not address:
             raise RuntimeError(f"llama.cpp has no logits for batch entry {idx}")
-        return np.frombuffer(self._row.from_address(address), np.float32)
+        row = self._rows.get(address)
+        if row is None:
+            if len(self._rows) >= _ROW_VIEWS:
+                self._rows.clear()
+            row = self._rows[address] = np.frombuffer(self._row.from_address(address), np.float32)
+        return row
 
     def _on_token(self, req: _Request, token: int, idx: int) -> None:
         piece = self._pieces.get(token)
@@ -708,6 +701,8 @@ class BatchScheduler:
             self._eog_ids = np.array(
                 [t for t in range(self.n_vocab) if is_eog(self.vocab, t)], dtype=np.int64
             )
+            for token in self._eog_ids.tolist():
+                self._pieces[token] = _EOG
         return self._eog_ids
 
     def _learn(self, token: int) -> bytes | None:
