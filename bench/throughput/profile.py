@@ -16,7 +16,8 @@ HTTP work in C++. Our CPU per token minus its CPU per token is what the Python p
 C++ for the same tokens, whatever the machine's syscall and cache costs (both pay those).
 
 Python overhead per token = the API process's CPU + the scheduler thread's CPU outside
-`llama_decode` (`genai_engine_host_cpu_seconds_total`: batching, sampling, text, socket writes),
+`llama_decode` (`genai_engine_host_cpu_seconds_total`: batching, sampling, text) + the engine's
+direct-stream sender thread (framing and socket writes, read from /proc by its thread name),
 per generated token. Both are CPU time: a moment the scheduler waits for a core that the decode
 threads hold is not overhead (the "step wall outside decode" column still shows it).
 """
@@ -57,6 +58,20 @@ def cpu_seconds(pid: int, user_only: bool = False) -> float:
     return (int(fields[11]) + (0 if user_only else int(fields[12]))) / CLK_TCK
 
 
+def named_thread_cpu(pid: int, name: str) -> float:
+    """utime + stime of a process's threads with this OS name (`threads.name_os_thread`)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != name:
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 def engine_pid(api_pid: int) -> int:
     # Started from a worker thread: each thread of the API process has its own children list.
     children = [
@@ -90,6 +105,7 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
             counters(server.base_url),
             time.perf_counter(),
             cpu_seconds(api, user_only=True),
+            named_thread_cpu(eng, "direct-sender"),
         )
 
     before = snapshot()
@@ -116,15 +132,21 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
         "decode_wall_us_per_token": decode_wall * us,
         "step_python_us_per_token": (step_wall - decode_wall) * us,
         "engine_host_cpu_us_per_token": delta["genai_engine_host_cpu_seconds_total"] * us,
+        "sender_cpu_us_per_token": (after[5] - before[5]) * us,
         "api_cpu_ms_per_request": api_cpu * 1000 / (concurrency * per_stream),
         "engine_loop_wall_us_per_token": step_wall * us,
         "tokens_per_step": delta["genai_engine_step_tokens_total"] / steps,
         "decode_ms_per_step": decode_wall / steps * 1000,
         "ttft_p50_ms": level.ttft_p50 * 1000,
     }
-    # Python around each token: the API process's CPU, plus the scheduler thread's CPU outside
-    # llama_decode (CPU, not wall: a wait for a core the decode threads hold is not overhead).
-    row["python_us_per_token"] = row["api_cpu_us_per_token"] + row["engine_host_cpu_us_per_token"]
+    # Python around each token: the API process's CPU, the scheduler thread's CPU outside
+    # llama_decode (CPU, not wall: a wait for a core the decode threads hold is not overhead),
+    # and the sender thread's (its socket writes were the scheduler's before it existed).
+    row["python_us_per_token"] = (
+        row["api_cpu_us_per_token"]
+        + row["engine_host_cpu_us_per_token"]
+        + row["sender_cpu_us_per_token"]
+    )
     return row
 
 
@@ -338,16 +360,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| streams | tok/s | wall µs/tok | API CPU µs/tok (ms/request) | engine CPU µs/tok |"
         " llama_decode wall µs/tok | step wall outside decode µs/tok | scheduler CPU outside"
-        " decode µs/tok | Python µs/tok (API + scheduler CPU) | tokens/step |"
+        " decode µs/tok | sender CPU µs/tok | Python µs/tok (API + scheduler + sender) |"
+        " tokens/step |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['concurrency']} | {r['tok_s']:.1f} | {r['wall_us_per_token']:.0f} |"
             f" {r['api_cpu_us_per_token']:.0f} ({r['api_cpu_ms_per_request']:.1f}) |"
             f" {r['engine_cpu_us_per_token']:.0f} | {r['decode_wall_us_per_token']:.0f} |"
             f" {r['step_python_us_per_token']:.0f} | {r['engine_host_cpu_us_per_token']:.0f} |"
-            f" {r['python_us_per_token']:.0f} | {r['tokens_per_step']:.1f} |"
+            f" {r['sender_cpu_us_per_token']:.0f} | {r['python_us_per_token']:.0f} |"
+            f" {r['tokens_per_step']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -1,13 +1,16 @@
-"""Default thread counts follow the affinity mask and the cgroup CPU quota (fake cgroup trees)."""
+"""Default thread counts follow the affinity mask and the cgroup CPU quota (fake cgroup trees);
+threads carry their names into the OS."""
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from genai_service.engines.threads import cgroup_cpu_limit, default_threads
+from genai_service.engines.threads import cgroup_cpu_limit, default_threads, name_os_thread
 
 
 def _tree(tmp_path: Path, files: dict[str, str], cgroup: str) -> tuple[Path, Path]:
@@ -67,3 +70,17 @@ def test_affinity_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_this_machine() -> None:
     # The real /sys/fs/cgroup and /proc/self/cgroup: never more than the affinity mask allows.
     assert 1 <= default_threads() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_NAME is Linux's")
+def test_a_thread_gets_its_name_in_the_os_too() -> None:
+    names: list[str] = []
+
+    def run() -> None:
+        name_os_thread("direct-sender")
+        names.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert names == ["direct-sender\n"]  # what top -H and the profile read

@@ -9,8 +9,11 @@ manager) and the cgroup CPU quota (`docker --cpus`, Kubernetes CPU limits), v2 a
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
+import sys
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -26,6 +29,16 @@ def default_threads(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path | None = 
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread its name in the OS too (`top -H`, /proc/<pid>/task/*/comm, what
+    the profile reads): Python before 3.14 names only its own thread object. Linux only, 15
+    bytes."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def cgroup_cpu_limit(cgroup_root: Path, proc_cgroup: Path) -> float | None:

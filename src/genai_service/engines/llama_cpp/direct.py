@@ -26,6 +26,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from genai_service.engines.base import Cancellation
+from genai_service.engines.threads import name_os_thread
 
 # Non-blocking whatever the socket's own mode; no SIGPIPE (Linux; Python ignores it anyway).
 _FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
@@ -161,6 +162,7 @@ class DirectSender:
         self._thread.join()
 
     def _run(self) -> None:
+        name_os_thread("direct-sender")
         waiting: set[DirectWriter] = set()  # bytes a full socket refused
         get = self._queue.get
         while True:

@@ -68,6 +68,7 @@ from genai_service.engines.base import (
 )
 from genai_service.engines.llama_cpp.grammar import grammar_for
 from genai_service.engines.text import StopDetector, Utf8Stream
+from genai_service.engines.threads import name_os_thread
 
 log = structlog.get_logger(__name__)
 
@@ -263,6 +264,7 @@ class BatchScheduler:
 
     # --- scheduler thread -----------------------------------------------------------------
     def _loop(self) -> None:
+        name_os_thread("llama-batch")
         try:
             while True:
                 if not self._admit():
