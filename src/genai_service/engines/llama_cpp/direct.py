@@ -190,6 +190,9 @@ class DirectSender:
             waiting = {w for w in touched | waiting if w.pending}
             for req_id, writer, after in ended:
                 waiting.discard(writer)
-                self._deliver([(req_id, writer.report()), *after])
+                try:
+                    self._deliver([(req_id, writer.report()), *after])
+                except OSError:  # the API process is gone; this process stops next
+                    return
             if item is None:
                 return
