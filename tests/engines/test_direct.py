@@ -29,6 +29,12 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     client.close()
 
 
+def write(writer: DirectWriter, text: str) -> None:
+    """One event framed and written at once, as the sender thread does."""
+    writer.add(text)
+    writer.retry()
+
+
 def unchunk(data: bytes) -> list[bytes]:
     """The chunks of an HTTP/1.1 chunked body (without its end)."""
     chunks = []
@@ -67,7 +73,7 @@ def test_events_are_chunked_json_with_the_text_escaped(pair: tuple[socket.socket
     writer = DirectWriter(ours.detach(), HEAD, TAIL, True, Cancellation())
     pieces = ["Hello", ' "quoted"', "\nnew line", " é 🐉", "\\"]
     for piece in pieces:
-        writer.text(piece)
+        write(writer, piece)
     report = writer.report()
     assert texts(read_all(client)) == pieces
     assert report.unsent == b"" and report.text == "".join(pieces)
@@ -83,11 +89,11 @@ def test_a_slow_reader_blocks_nothing_and_loses_nothing(pair: tuple[socket.socke
     pieces = [f" token{i}" for i in range(3000)]  # far more than both buffers hold
     received = bytearray()
     for i, piece in enumerate(pieces):
-        writer.text(piece)  # never blocks: what the socket refuses waits in the writer
+        write(writer, piece)  # never blocks: what the socket refuses waits in the writer
         if i == 1500:
             assert writer.pending
             received += read_all(client)  # the client catches up a little
-            writer.retry()  # as after a scheduler step
+            writer.retry()  # as the sender thread does every RETRY_S
     report = writer.report()  # one last try, then the socket goes back to the API process
     received += read_all(client)
     assert report.unsent  # the API process writes this, with its own flow control
@@ -98,11 +104,11 @@ def test_a_client_that_hung_up_cancels_its_generation(pair: tuple[socket.socket,
     ours, client = pair
     cancel = Cancellation()
     writer = DirectWriter(ours.detach(), HEAD, TAIL, True, cancel)
-    writer.text("first")
+    write(writer, "first")
     client.close()
-    writer.text("second")  # EPIPE or ECONNRESET: no exception, the generation stops
+    write(writer, "second")  # EPIPE or ECONNRESET: no exception, the generation stops
     if not cancel.cancelled:
-        writer.text("third")  # the first write after a close may still be accepted
+        write(writer, "third")  # the first write after a close may still be accepted
     assert cancel.cancelled
     report = writer.report()
     assert report.text.startswith("firstsecond") and report.unsent == b""

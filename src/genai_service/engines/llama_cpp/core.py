@@ -201,7 +201,7 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     scheduler: BatchScheduler | None = None
 
     def send(message: tuple[Any, ...]) -> None:
-        with lock:  # the main thread and the scheduler thread both send
+        with lock:  # the main, scheduler and sender threads all send
             events.send(message)
 
     interval = config.stream_interval

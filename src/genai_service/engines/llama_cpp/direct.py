@@ -83,10 +83,6 @@ class DirectWriter:
         self.last_at = 0.0
         self.gaps: list[float] = []
 
-    def text(self, text: str) -> None:
-        self.add(text)
-        self.retry()
-
     def add(self, text: str) -> None:
         """Frame one event behind what waits (written by the next `retry`)."""
         now = time.monotonic()
@@ -185,9 +181,10 @@ class DirectSender:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            for writer in touched | waiting:
+            active = touched | waiting
+            for writer in active:
                 writer.retry()
-            waiting = {w for w in touched | waiting if w.pending}
+            waiting = {w for w in active if w.pending}
             for req_id, writer, after in ended:
                 waiting.discard(writer)
                 try:

@@ -217,7 +217,7 @@ class BatchScheduler:
         self._eog_ids: np.ndarray | None = None  # found on the first ignore_eos request
         self._prefill_turn = False
         # The engine's own counters, recorded every few steps: steps, step s, decode s, tokens,
-        # and this thread's CPU s outside llama_decode (its Python, sampling, socket writes).
+        # and this thread's CPU s outside llama_decode (its Python, sampling, pipe writes).
         self._counters = [0, 0.0, 0.0, 0, 0.0]
 
         self._incoming: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
