@@ -379,39 +379,50 @@ def median_levels(rounds: list[list[Level]]) -> list[Level]:
     return merged
 
 
-def paired_ratios(rounds: dict[str, list[list[Level]]], reference: str) -> list[list[float]]:
-    """Per level, ours / the reference's tok/s in each round: the two ran back to back, so a
+def paired_ratios(
+    rounds: dict[str, list[list[Level]]], reference: str, metric: str = "tokens_per_s"
+) -> list[list[float]]:
+    """Per level, ours / the reference's `metric` in each round: the two ran back to back, so a
     slow spell of the host moves both sides of a ratio (the medians of each side may come from
     different rounds)."""
     ours, ref = rounds["genai-service"], rounds.get(reference)
     if not ref:
         return []
     return [
-        [a[i].tokens_per_s / b[i].tokens_per_s for a, b in zip(ours, ref, strict=True)]
+        [getattr(a[i], metric) / getattr(b[i], metric) for a, b in zip(ours, ref, strict=True)]
         for i in range(len(ours[0]))
     ]
 
 
-def table(results: dict[str, list[Level]], reference: str, paired: list[list[float]]) -> str:
+def table(
+    results: dict[str, list[Level]],
+    reference: str,
+    paired: list[list[float]],
+    paired_ttft: list[list[float]],
+) -> str:
+    """The median rounds side by side; the paired columns are the median (and range) of each
+    round's ratio, the figures the targets are read from."""
     ours, ref = results["genai-service"], results.get(reference)
     head = (
         "| streams | server | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms |"
         " tok/s ratio | TTFT p50 ratio | ITL p50 ratio | paired tok/s ratio (range) |"
-        " tok/s per round | dropped |"
+        " paired TTFT p50 ratio (range) | tok/s per round | dropped |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for i, level in enumerate(ours):
         rows = [("genai-service", level)] + ([(reference, ref[i])] if ref else [])
         for name, lv in rows:
-            ratio = ["", "", "", ""]
+            ratio = ["", "", "", "", ""]
             if ref and name == "genai-service":
                 other = ref[i]
-                pairs = paired[i]
                 ratio = [
                     f"{lv.tokens_per_s / other.tokens_per_s:.2f}x",
                     f"{lv.ttft_p50 / other.ttft_p50:.2f}x",
                     f"{lv.itl_p50 / other.itl_p50:.2f}x",
-                    f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})",
+                    *(
+                        f"{statistics.median(p):.2f}x ({min(p):.2f}-{max(p):.2f})"
+                        for p in (paired[i], paired_ttft[i])
+                    ),
                 ]
             lines.append(
                 f"| {lv.concurrency} | {name} | {lv.tokens_per_s:.1f} | {lv.ttft_p50 * 1000:.0f} |"
@@ -511,8 +522,9 @@ def main() -> None:
             server.stop()
     results = {name: median_levels(runs) for name, runs in rounds.items()}
     paired = paired_ratios(rounds, args.reference)
+    paired_ttft = paired_ratios(rounds, args.reference, "ttft_p50")
 
-    report = table(results, args.reference, paired)
+    report = table(results, args.reference, paired, paired_ttft)
     print("\n" + report)
     out = RESULTS / f"throughput-{stamp}.json"
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -522,6 +534,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "results": {k: [asdict(lv) for lv in v] for k, v in results.items()},
         "paired_tokens_per_s_ratios": paired,
+        "paired_ttft_p50_ratios": paired_ttft,
         "table": report,
     }
     out.write_text(json.dumps(payload, indent=2))

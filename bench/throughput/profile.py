@@ -19,7 +19,9 @@ Python overhead per token = the API process's CPU + the scheduler thread's CPU o
 `llama_decode` (`genai_engine_host_cpu_seconds_total`: batching, sampling, text) + the engine's
 direct-stream sender thread (framing and socket writes, read from /proc by its thread name),
 per generated token. Both are CPU time: a moment the scheduler waits for a core that the decode
-threads hold is not overhead (the "step wall outside decode" column still shows it).
+threads hold is not overhead (the "step wall outside decode" column still shows it). That sum
+includes kernel time and the work any server does per token (sampling, text, JSON, socket
+writes); `hostwork.py` compares it with what `llama-server`'s C++ spends on the same.
 """
 
 from __future__ import annotations
