@@ -38,7 +38,18 @@ class _LibraryNoise(logging.Filter):
         return not from_library
 
 
+# What configure_logging was last given: the engine process logs the same way (see `current`).
+_current: tuple[str, bool] = ("info", False)
+
+
+def current() -> tuple[str, bool]:
+    """The level and JSON flag this process logs with, for a child process to log alike."""
+    return _current
+
+
 def configure_logging(level: str = "info", json: bool = False) -> None:
+    global _current
+    _current = (level, json)
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO

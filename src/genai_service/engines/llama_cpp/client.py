@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from genai_service import metrics
+from genai_service import log_config, metrics
 from genai_service.engines.base import (
     Cancellation,
     ChatMessage,
@@ -534,6 +534,8 @@ class LlamaCppEngine:
             kv_cache_tokens=kv_cache_tokens,
             prompt_cache_mb=prompt_cache_mb,
             stream_interval=stream_interval_ms / 1000,
+            log_level=log_config.current()[0],
+            log_json=log_config.current()[1],
         )
         self._vocab: Any = None
         self._formatter: Any = None

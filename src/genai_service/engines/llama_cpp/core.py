@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from genai_service.engines.base import Cancellation, GenerationChunk, SamplingParams
+from genai_service.engines.llama_cpp import llama_log
 from genai_service.engines.llama_cpp.direct import DirectSender, DirectWriter
 from genai_service.engines.llama_cpp.scheduler import BatchScheduler, Emit, Record
+from genai_service.log_config import configure_logging
 
 # The self-test prompt: long enough (over 64 tokens) that its prefill takes llama.cpp's batched
 # matrix-multiply kernels, the path a one-token warm-up never reaches (a build using CPU features
@@ -67,17 +69,18 @@ class CoreConfig:
     kv_cache_tokens: int | None = None  # the unified KV buffer; None: default_kv_cells
     prompt_cache_mb: int = 0  # idle slots' KV in RAM (unified buffer); 0: they stay in the buffer
     stream_interval: float = 0.0  # seconds; a stream's text within it goes out as one chunk
+    log_level: str = "info"  # the engine process logs as the API process does
+    log_json: bool = False
 
 
 def load_model(path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> Any:
     """A `llama_cpp._internals.LlamaModel`; `vocab_only` loads the tokenizer without weights."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
-    from llama_cpp._logger import set_verbose
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    set_verbose(False)  # llama.cpp logs every context and graph detail otherwise
+    llama_log.install()  # llama.cpp's lines into our logs, at their own levels
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = vocab_only
@@ -195,6 +198,7 @@ def main(config: CoreConfig, commands: Connection, events: Connection) -> None:
     # systemd or `docker stop`), drains its streams, and then stops us through the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(config.log_level, config.log_json)
     outbox: list[tuple[Any, ...]] = []
     records: list[tuple[str, Any]] = []  # both filled and flushed on the scheduler thread
     lock = threading.Lock()

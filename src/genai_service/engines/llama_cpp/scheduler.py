@@ -186,6 +186,13 @@ class BatchScheduler:
             raise RuntimeError("llama.cpp could not create a context")
         self._ctx = ctx
         self.n_ctx_per_slot = min(n_ctx_per_slot, llama_cpp.llama_n_ctx_seq(ctx))
+        # llama.cpp's own warning counts the whole unified buffer as one sequence's context
+        # (dropped in llama_log); what a request may reach is n_ctx_per_slot.
+        n_ctx_train = llama_cpp.llama_model_n_ctx_train(model.model)
+        if 0 < n_ctx_train < self.n_ctx_per_slot:
+            log.warning(
+                "context_beyond_training", n_ctx=self.n_ctx_per_slot, n_ctx_train=n_ctx_train
+            )
         self.kv_cells = llama_cpp.llama_n_ctx(ctx)
         self._reserved = 0  # KV cells promised to running requests (unified buffer)
         self._held: _Request | None = None  # admitted next, once its KV cells are free
