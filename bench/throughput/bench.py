@@ -355,8 +355,14 @@ async def warm(server: Server) -> None:
         await one_request(http, server, QUESTIONS[0], 8)
 
 
+def requests_per_stream(args: argparse.Namespace, concurrency: int) -> int:
+    """Requests each stream sends at a level: twice `--requests-per-stream` at one stream, so
+    the lone stream still gives its TTFT and tok/s medians enough requests."""
+    return args.requests_per_stream * (2 if concurrency == 1 else 1)
+
+
 async def bench_level(server: Server, concurrency: int, args: argparse.Namespace) -> Level:
-    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    per_stream = requests_per_stream(args, concurrency)
     level = await run_level(server, concurrency, per_stream, args.max_tokens)
     print(
         f"  {server.name:14s} c={concurrency:<3d} {level.tokens_per_s:7.1f} tok/s  "

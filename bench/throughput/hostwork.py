@@ -143,8 +143,8 @@ def sample_level(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)  # perf attaches to every thread first
-    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    time.sleep(1.0)  # perf is sampling before the first request
+    per_stream = bench.requests_per_stream(args, concurrency)
     level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
     recorder.send_signal(signal.SIGINT)
     recorder.wait()

@@ -60,18 +60,19 @@ def cpu_seconds(pid: int, user_only: bool = False) -> float:
     return (int(fields[11]) + (0 if user_only else int(fields[12]))) / CLK_TCK
 
 
-def named_thread_cpu(pid: int, name: str) -> float:
-    """utime + stime of a process's threads with this OS name (`threads.name_os_thread`)."""
-    total = 0.0
+def thread_cpu(pid: int, name: str | None = None) -> dict[int, float]:
+    """utime + stime of each thread of a process, in seconds; only the threads with this OS
+    name if one is given (`threads.name_os_thread`)."""
+    out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            if (task / "comm").read_text().strip() != name:
+            if name is not None and (task / "comm").read_text().strip() != name:
                 continue
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def engine_pid(api_pid: int) -> int:
@@ -107,11 +108,11 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
             counters(server.base_url),
             time.perf_counter(),
             cpu_seconds(api, user_only=True),
-            named_thread_cpu(eng, "direct-sender"),
+            sum(thread_cpu(eng, "direct-sender").values()),
         )
 
     before = snapshot()
-    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    per_stream = bench.requests_per_stream(args, concurrency)
     level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
     after = snapshot()
     tokens = level.tokens
@@ -152,15 +153,6 @@ def measure(server: bench.Server, concurrency: int, args: argparse.Namespace) ->
     return row
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """utime + stime of each thread of a process, in seconds."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
-
-
 def measure_reference(
     server: bench.Server, concurrency: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -169,7 +161,7 @@ def measure_reference(
     rest (HTTP threads, and ggml's workers when threads > 1)."""
     pid = server.process.pid
     before, started = thread_cpu(pid), time.perf_counter()
-    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    per_stream = bench.requests_per_stream(args, concurrency)
     level = asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
     after, ended = thread_cpu(pid), time.perf_counter()
     us = 1e6 / level.tokens
@@ -226,7 +218,7 @@ def py_spy(server: bench.Server, concurrency: int, args: argparse.Namespace, out
             )
         )
     time.sleep(1)
-    per_stream = args.requests_per_stream * (2 if concurrency == 1 else 1)
+    per_stream = bench.requests_per_stream(args, concurrency)
     asyncio.run(bench.run_level(server, concurrency, per_stream, args.max_tokens))
     for _, _, proc in recorders:
         proc.send_signal(2)

@@ -520,6 +520,7 @@ class LlamaCppEngine:
             created=int(self.model_path.stat().st_mtime) if self.model_path.exists() else 0,
             path=str(self.model_path),
         )
+        log_level, log_json = log_config.current()  # the engine process logs alike
         self.config = CoreConfig(
             model_path=str(self.model_path),
             model_id=self.info.id,
@@ -534,8 +535,8 @@ class LlamaCppEngine:
             kv_cache_tokens=kv_cache_tokens,
             prompt_cache_mb=prompt_cache_mb,
             stream_interval=stream_interval_ms / 1000,
-            log_level=log_config.current()[0],
-            log_json=log_config.current()[1],
+            log_level=log_level,
+            log_json=log_json,
         )
         self._vocab: Any = None
         self._formatter: Any = None
